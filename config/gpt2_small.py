@@ -1,0 +1,23 @@
+# About GPT-2 small (124M parameters with a 50k vocabulary) for one or more GPUs:
+#   torchrun --standalone --nproc_per_node=8 pretrain.py config/gpt2_small.py --data_path=URL_OR_FILE
+out_dir = "out-gpt2-small"
+vocab_size = 32768
+d_model = 768
+n_heads = 12
+n_layers = 12
+d_ff = 3072
+max_seq_len = 1024
+dropout = 0.0
+batch_size = 16
+grad_accum_steps = 32  # 16 x 1024 x 32 = 524k tokens per step, shared out over the processes
+learning_rate = 6e-4
+min_lr_ratio = 0.1
+warmup_iters = 2000
+max_iters = 60000
+eval_interval = 1000
+eval_iters = 100
+weight_decay = 0.1
+beta2 = 0.95
+device = "cuda"
+dtype = "bfloat16"
+compile = True

@@ -1,0 +1,405 @@
+"""
+Pretrain a GPT on a text file by next-token prediction.
+
+    python pretrain.py config/small.py                         # the default CPU run, a few minutes
+    python pretrain.py config/small.py --init_from=resume      # continue where the last run stopped
+    torchrun --standalone --nproc_per_node=2 pretrain.py config/gpt2_small.py   # several processes / GPUs
+
+The corpus is tokenized once with bpe.py (cached in cache_dir); checkpoints, the tokenizer and a CSV
+log of every evaluation go to out_dir. Run with --help to list every setting.
+"""
+import csv
+import dataclasses
+import hashlib
+import math
+import os
+import shutil
+import signal
+import sys
+import sysconfig
+import time
+import urllib.request
+from contextlib import nullcontext
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+from tqdm import tqdm
+
+from bpe import Tokenizer
+from configurator import configure
+from model import GPT, GPTConfig, load_checkpoint, measure_peak_flops, save_checkpoint
+
+# -----------------------------------------------------------------------------
+# settings: override with config files (config/*.py, config.json) and --name=value
+# I/O
+out_dir = "out"
+data_path = "data/data.txt"  # any UTF-8 text file or http(s) URL; the default is built from Python's own library
+cache_dir = "data/cache"  # downloaded corpora, trained tokenizers and token ids, reused while unchanged
+init_from = "scratch"  # 'scratch' or 'resume' (from out_dir/ckpt.pt)
+# tokenizer and model
+vocab_size = 1024  # 256 bytes + merges + special tokens
+d_model = 128
+n_heads = 4
+n_layers = 4
+d_ff = 512
+max_seq_len = 128
+dropout = 0.0
+bias = True
+# training
+max_iters = 2000
+n_epochs = 0.0  # if > 0, train for this many passes over the training tokens instead of max_iters
+eval_interval = 250
+eval_iters = 20
+val_fraction = 0.1  # the last tenth of the corpus is held out
+batch_size = 16
+grad_accum_steps = 1  # summed over all processes under torchrun
+learning_rate = 3e-3
+min_lr_ratio = 0.1  # cosine decay ends at learning_rate * min_lr_ratio
+warmup_iters = 100
+lr_decay_iters = 0  # 0 means max_iters
+weight_decay = 0.1
+beta1 = 0.9
+beta2 = 0.99
+grad_clip = 1.0  # 0 turns clipping off
+# system
+device = "auto"  # 'auto' picks cuda, then mps, then cpu
+dtype = "float32"  # or 'bfloat16' (autocast)
+compile = False  # torch.compile the model
+seed = 1337
+# -----------------------------------------------------------------------------
+SPECIAL_TOKENS = ["<|endoftext|>", "<|prompt|>", "<|response|>"] + [f"<|rating_{r}|>" for r in range(1, 6)]
+
+
+def setup_distributed():
+    """Return (rank, world_size, device) and start the process group when run under torchrun."""
+    if "RANK" not in os.environ:
+        return 0, 1, pick_device(device)
+    rank, local_rank, world_size = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"])
+    run_device = pick_device(device)
+    if run_device.startswith("cuda"):
+        run_device = f"cuda:{local_rank}"
+        torch.cuda.set_device(run_device)
+    dist.init_process_group(backend="nccl" if run_device.startswith("cuda") else "gloo")
+    return rank, world_size, run_device
+
+
+def pick_device(name):
+    if name != "auto":
+        return name
+    if torch.cuda.is_available():
+        return "cuda"
+    if torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def build_default_corpus(path):
+    """Write the top-level modules of Python's standard library, one document each: real text, offline."""
+    lib_dir = sysconfig.get_paths()["stdlib"]
+    names = sorted(n for n in os.listdir(lib_dir) if n.endswith(".py"))
+    documents = []
+    for name in names:
+        with open(os.path.join(lib_dir, name), encoding="utf-8", errors="replace") as f:
+            documents.append(f.read())
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        f.write("<|endoftext|>".join(documents))
+    os.replace(path + ".tmp", path)
+    print(f"built the default corpus {path} from {len(names)} modules in {lib_dir}")
+
+
+def fetch_corpus(path):
+    """Return a local text file for data_path: download a URL once, build the default corpus if asked."""
+    if path.startswith(("http://", "https://")):
+        local = os.path.join(cache_dir, os.path.basename(path.rstrip("/")) or "download.txt")
+        if not os.path.exists(local):
+            os.makedirs(cache_dir, exist_ok=True)
+            print(f"downloading {path} to {local}")
+            try:
+                urllib.request.urlretrieve(path, local + ".tmp")
+            except OSError as e:
+                raise SystemExit(f"could not download data_path {path} ({e}); download it yourself and give the file")
+            os.replace(local + ".tmp", local)
+        return local
+    if not os.path.exists(path):
+        if path == "data/data.txt":
+            build_default_corpus(path)
+        else:
+            raise SystemExit(f"data_path {path} does not exist; give a UTF-8 text file or an http(s) URL")
+    return path
+
+
+def file_sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def prepare_tokens(text_path):
+    """Train (or reuse) the tokenizer and encode the corpus to a uint16/uint32 file of token ids."""
+    text_sha = file_sha256(text_path)
+    stem = os.path.splitext(os.path.basename(text_path))[0]
+    tokenizer_path = os.path.join(cache_dir, f"{stem}-{text_sha[:12]}-v{vocab_size}.json")
+    os.makedirs(cache_dir, exist_ok=True)
+    if not os.path.exists(tokenizer_path):
+        t0 = time.time()
+        tokenizer = Tokenizer.train_file(text_path, vocab_size, SPECIAL_TOKENS)
+        tokenizer.save(tokenizer_path)
+        print(f"trained a tokenizer of {tokenizer.vocab_size} tokens in {time.time() - t0:.1f}s: {tokenizer_path}")
+    tokenizer = Tokenizer.load(tokenizer_path)
+    tokenizer_sha = file_sha256(tokenizer_path)
+    ids_dtype = "uint16" if tokenizer.vocab_size <= 65536 else "uint32"
+    ids_path = os.path.join(cache_dir, f"{stem}-{text_sha[:12]}-{tokenizer_sha[:12]}.{ids_dtype}")
+    if not os.path.exists(ids_path):
+        t0 = time.time()
+        workers = 1 if os.path.getsize(text_path) < 64 << 20 else max(1, os.cpu_count() - 1)
+        n_ids = tokenizer.encode_file(text_path, ids_path + ".tmp", dtype=ids_dtype, num_workers=workers,
+                                      allowed_special={"<|endoftext|>"})
+        os.replace(ids_path + ".tmp", ids_path)
+        print(f"encoded {os.path.getsize(text_path) / 1e6:.1f} MB to {n_ids:,} tokens in {time.time() - t0:.1f}s")
+    return tokenizer, tokenizer_path, tokenizer_sha, ids_path, ids_dtype
+
+
+def get_batch(split, generator):
+    """Sample batch_size random windows: x (B, T) and y (B, T), y shifted by one token."""
+    ids = np.memmap(ids_path, dtype=ids_dtype, mode="r")  # reopened per batch so its pages are not held
+    start, end = (0, n_train_tokens) if split == "train" else (n_train_tokens, len(ids))
+    offsets = torch.randint(start, end - max_seq_len - 1, (batch_size,), generator=generator)
+    windows = torch.from_numpy(ids[offsets.numpy()[:, None] + np.arange(max_seq_len + 1)].astype(np.int64))
+    x, y = windows[:, :-1].contiguous(), windows[:, 1:].contiguous()
+    if run_device.startswith("cuda"):
+        return x.pin_memory().to(run_device, non_blocking=True), y.pin_memory().to(run_device, non_blocking=True)
+    return x.to(run_device), y.to(run_device)
+
+
+def lr_at(it):
+    """Linear warm-up from learning_rate/warmup_iters (never 0), then cosine decay to the floor."""
+    decay_iters = lr_decay_iters or max_iters
+    min_lr = learning_rate * min_lr_ratio
+    if it < warmup_iters:
+        return learning_rate * (it + 1) / warmup_iters
+    if it >= decay_iters:
+        return min_lr
+    progress = (it - warmup_iters) / max(1, decay_iters - warmup_iters)
+    return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (learning_rate - min_lr)
+
+
+@torch.no_grad()
+def estimate_loss():
+    """Mean loss on eval_iters fixed batches of each split (the same batches at every evaluation)."""
+    eval_model.eval()
+    losses = {}
+    for split_index, split in enumerate(("train", "val")):
+        generator = torch.Generator().manual_seed(seed + 1000 + split_index)  # leaves the training RNG alone
+        total = 0.0
+        for _ in range(eval_iters):
+            x, y = get_batch(split, generator)
+            with autocast:
+                total += eval_model(x, y)[1].item()
+        losses[split] = total / eval_iters
+    eval_model.train()
+    return losses
+
+
+def rng_state():
+    return {"torch": torch.get_rng_state(), "data": data_generator.get_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def write_checkpoint():
+    checkpoint = {
+        "kind": "pretrain", "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
+        "model_config": dataclasses.asdict(model_config), "config": settings,
+        "iter_num": iter_num, "best_val_loss": best_val_loss,
+        "tokenizer_path": "tokenizer.json", "tokenizer_sha256": tokenizer_sha, "rng": rng_state(),
+    }
+    save_checkpoint(checkpoint, os.path.join(out_dir, "ckpt.pt"))
+
+
+def log_evaluation(row):
+    path = os.path.join(out_dir, "log.csv")
+    new_file = not os.path.exists(path)
+    with open(path, "a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(row))
+        if new_file:
+            writer.writeheader()
+        writer.writerow(row)
+
+
+# -----------------------------------------------------------------------------
+if __name__ == "__main__":
+    settings = configure(globals(), json_sections=("model", "training"))
+    if init_from not in ("scratch", "resume"):
+        raise SystemExit(f"init_from must be 'scratch' or 'resume', not '{init_from}'")
+    if dtype not in ("float32", "bfloat16"):
+        raise SystemExit(f"dtype must be 'float32' or 'bfloat16', not '{dtype}'")
+    if vocab_size < 256 + len(SPECIAL_TOKENS):
+        raise SystemExit(f"vocab_size must be at least {256 + len(SPECIAL_TOKENS)} (256 bytes + special tokens)")
+
+    rank, world_size, run_device = setup_distributed()
+    master = rank == 0
+    if grad_accum_steps % world_size:
+        raise SystemExit(f"grad_accum_steps={grad_accum_steps} must be a multiple of the {world_size} processes")
+    accum_per_rank = grad_accum_steps // world_size
+    device_type = run_device.split(":")[0]
+    autocast = torch.autocast(device_type, dtype=torch.bfloat16) if dtype == "bfloat16" else nullcontext()
+    peak_flops = measure_peak_flops(run_device, torch.bfloat16 if dtype == "bfloat16" else torch.float32)
+    torch.manual_seed(seed)  # the same initial weights on every rank
+    if device_type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+    # the master prepares corpus, tokenizer and token ids; the others wait, then find them cached
+    if not master:
+        dist.barrier()
+    text_path = fetch_corpus(data_path)
+    tokenizer, tokenizer_cache_path, tokenizer_sha, ids_path, ids_dtype = prepare_tokens(text_path)
+    if master and world_size > 1:
+        dist.barrier()
+    n_tokens = len(np.memmap(ids_path, dtype=ids_dtype, mode="r"))
+    n_train_tokens = int(n_tokens * (1 - val_fraction))
+    if min(n_train_tokens, n_tokens - n_train_tokens) <= max_seq_len + 1:
+        raise SystemExit(f"{data_path} gives {n_tokens:,} tokens, too few for a train and validation split of "
+                         f"windows of max_seq_len={max_seq_len}; use a larger file or a smaller max_seq_len")
+    # bits per byte = nats per token * tokens per byte / ln 2, with the bytes of the validation text itself
+    val_ids = np.memmap(ids_path, dtype=ids_dtype, mode="r")[n_train_tokens:]
+    val_tokens_per_byte = len(val_ids) / len(tokenizer.decode(val_ids.tolist()).encode("utf-8"))
+    del val_ids
+    tokens_per_iter = grad_accum_steps * batch_size * max_seq_len
+    if n_epochs > 0:
+        max_iters = math.ceil(n_epochs * n_train_tokens / tokens_per_iter)
+
+    model_config = GPTConfig(vocab_size=tokenizer.vocab_size, d_model=d_model, n_heads=n_heads, n_layers=n_layers,
+                             d_ff=d_ff, max_seq_len=max_seq_len, dropout=dropout, bias=bias)
+    model = GPT(model_config).to(run_device)
+    optimizer = model.configure_optimizer(weight_decay, learning_rate, (beta1, beta2), device_type)
+    data_generator = torch.Generator().manual_seed(seed + rank)  # each rank draws its own windows
+    iter_num, best_val_loss = 0, float("inf")
+    checkpoint_path = os.path.join(out_dir, "ckpt.pt")
+    if init_from == "resume":
+        if not os.path.exists(checkpoint_path):
+            raise SystemExit(f"init_from='resume' but there is no {checkpoint_path}; start with init_from='scratch'")
+        checkpoint = load_checkpoint(checkpoint_path, map_location=run_device)
+        for key, value in dataclasses.asdict(model_config).items():
+            if checkpoint["model_config"].get(key) != value:
+                raise SystemExit(f"{checkpoint_path} has {key}={checkpoint['model_config'].get(key)} but the settings "
+                                 f"give {value}; resume with the checkpoint's settings or use init_from='scratch'")
+        if checkpoint["tokenizer_sha256"] != tokenizer_sha:
+            raise SystemExit(f"{checkpoint_path} was trained with another tokenizer than the one for {data_path} "
+                             f"(vocab_size={vocab_size}); resume with the same data and vocab_size")
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        iter_num, best_val_loss = checkpoint["iter_num"], checkpoint["best_val_loss"]
+        torch.set_rng_state(checkpoint["rng"]["torch"].cpu())
+        data_generator.set_state(checkpoint["rng"]["data"].cpu())
+        if checkpoint["rng"]["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all([state.cpu() for state in checkpoint["rng"]["cuda"]])
+        # rank r > 0 restores rank 0's dropout and data RNG; offset the data generator so ranks still differ
+        if rank:
+            data_generator.manual_seed(int(torch.randint(2**62, (1,), generator=data_generator)) + rank)
+        del checkpoint
+        if master:
+            print(f"resuming from {checkpoint_path} at iteration {iter_num}")
+    elif master and os.path.exists(os.path.join(out_dir, "log.csv")):
+        os.remove(os.path.join(out_dir, "log.csv"))  # a fresh run starts a fresh log
+    start_iter = iter_num
+    if master:
+        os.makedirs(out_dir, exist_ok=True)
+        shutil.copyfile(tokenizer_cache_path, os.path.join(out_dir, "tokenizer.json"))
+
+    raw_model = model  # checkpoints hold the plain module's weights: no '_orig_mod.' or 'module.' prefixes
+    if compile:
+        model = torch.compile(model)
+    eval_model = model  # the master evaluates alone, so outside DDP, whose forward talks to every rank
+    if world_size > 1:
+        model = DDP(model, device_ids=[int(os.environ["LOCAL_RANK"])] if device_type == "cuda" else None,
+                    broadcast_buffers=False)  # the only buffer, the positional table, never changes
+
+    # Ctrl-C finishes the current step, saves and exits; a second Ctrl-C stops at once
+    stop_requested = False
+
+    def request_stop(signum, frame):
+        global stop_requested
+        if stop_requested:
+            raise KeyboardInterrupt
+        stop_requested = True
+    signal.signal(signal.SIGINT, request_stop)
+
+    flops_per_iter = raw_model.flops_per_token() * tokens_per_iter
+    if master:
+        print(f"{raw_model.num_params() / 1e6:.2f}M parameters, {n_tokens:,} tokens "
+              f"({n_train_tokens:,} for training), {tokens_per_iter:,} tokens per iteration, "
+              f"{max_iters} iterations on {run_device} x {world_size}")
+    progress = tqdm(total=max_iters, initial=iter_num, disable=not master, dynamic_ncols=True)
+    run_start, last_eval_iter = time.time(), None
+    step_time, tokens_per_sec, mfu = 0.0, 0.0, 0.0
+    while True:
+        if master and (iter_num % eval_interval == 0 or iter_num >= max_iters) and iter_num != last_eval_iter:
+            if not (iter_num == start_iter and init_from == "resume"):  # the checkpoint already covers it
+                losses = estimate_loss()
+                val_bpb = losses["val"] * val_tokens_per_byte / math.log(2)
+                log_evaluation({"iter": iter_num, "tokens": iter_num * tokens_per_iter,
+                                "train_loss": f"{losses['train']:.4f}", "val_loss": f"{losses['val']:.4f}",
+                                "val_bpb": f"{val_bpb:.4f}", "lr": f"{lr_at(max(iter_num - 1, 0)):.3e}",
+                                "tokens_per_sec": f"{tokens_per_sec:.0f}", "mfu": f"{mfu:.3f}",
+                                "elapsed_s": f"{time.time() - run_start:.1f}"})
+                progress.write(f"iter {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}, "
+                               f"val {val_bpb:.3f} bits/byte")
+                best_val_loss = min(best_val_loss, losses["val"])
+                if iter_num > start_iter:
+                    write_checkpoint()
+            last_eval_iter = iter_num
+        if iter_num >= max_iters:
+            break
+
+        t0 = time.time()
+        lr = lr_at(iter_num)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        step_loss = 0.0
+        for micro_step in range(accum_per_rank):
+            x, y = get_batch("train", data_generator)
+            if world_size > 1:  # synchronise gradients only on the last micro-step
+                model.require_backward_grad_sync = micro_step == accum_per_rank - 1
+            with autocast:
+                loss = model(x, y)[1] / accum_per_rank
+            loss.backward()
+            step_loss += loss.item()
+        if not math.isfinite(step_loss):
+            raise SystemExit(f"the loss became {step_loss} at iteration {iter_num}; stopped without saving, so "
+                             f"{checkpoint_path} keeps the last good state; lower learning_rate or set grad_clip")
+        if grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        iter_num += 1
+
+        step_time = 0.9 * step_time + 0.1 * (time.time() - t0) if iter_num - start_iter > 1 else time.time() - t0
+        tokens_per_sec = tokens_per_iter / step_time
+        mfu = flops_per_iter / step_time / (peak_flops * world_size)
+        progress.update(1)
+        if iter_num % 10 == 0:
+            progress.set_postfix(loss=f"{step_loss:.3f}", tok_s=f"{tokens_per_sec:,.0f}", mfu=f"{mfu:.0%}", lr=f"{lr:.1e}")
+
+        if world_size > 1:  # every rank must stop at the same step
+            stop = torch.tensor(float(stop_requested), device=run_device)
+            dist.all_reduce(stop, op=dist.ReduceOp.MAX)
+            stop_requested = bool(stop.item())
+        if stop_requested:
+            if master:
+                write_checkpoint()
+                progress.write(f"interrupted: saved {checkpoint_path} at iteration {iter_num}; "
+                               f"continue with --init_from=resume")
+            break
+    progress.close()
+
+    if world_size > 1:  # all ranks must hold the same weights; print a digest of them so anyone can check
+        digest = hashlib.sha256(b"".join(p.detach().cpu().numpy().tobytes() for p in raw_model.parameters()))
+        print(f"rank {rank}: weights sha256 {digest.hexdigest()}", flush=True)
+        dist.destroy_process_group()
+    if master and not stop_requested:
+        print(f"done in {time.time() - run_start:.0f}s; best val loss {best_val_loss:.4f}; checkpoint {checkpoint_path}")

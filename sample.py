@@ -1,0 +1,120 @@
+"""
+Sample from a trained GPT, printing tokens as they are generated.
+
+    python sample.py --start="def "                        # continue a text (pretrained checkpoint)
+    python sample.py --start=FILE:prompt.txt               # the prompt from a file
+    python sample.py --out_dir=out-finetune --start="How do I reverse a list?"   # answer a prompt
+    python sample.py --out_dir=out-finetune --chat=True    # a prompt loop in the terminal
+"""
+import hashlib
+import os
+import sys
+
+import torch
+
+from bpe import Tokenizer
+from configurator import configure
+from model import GPT, GPTConfig, load_checkpoint
+
+# -----------------------------------------------------------------------------
+out_dir = "out"  # the run to sample from (pretrain.py's or finetune.py's out_dir)
+start = ""  # the prompt, or FILE:path to read it from a file; empty starts a new document
+num_samples = 1
+max_new_tokens = 300
+temperature = 0.8  # 0 picks the most likely token every time
+top_k = 200  # 0 turns it off
+top_p = 0.95  # 1.0 turns it off
+rating = 5  # for a checkpoint fine-tuned with rating_mode='condition': the rating asked for
+chat = False  # a prompt loop (fine-tuned checkpoints)
+seed = 1337
+device = "auto"
+# -----------------------------------------------------------------------------
+
+
+def load_run(run_dir, run_device):
+    """Return (model, tokenizer, checkpoint) of a pretrain.py or finetune.py run, refusing a mismatched tokenizer."""
+    checkpoint_path = os.path.join(run_dir, "ckpt.pt")
+    if not os.path.exists(checkpoint_path):
+        raise SystemExit(f"no checkpoint at {checkpoint_path}; train one with `python pretrain.py config/small.py` "
+                         f"or point --out_dir at a run")
+    checkpoint = load_checkpoint(checkpoint_path, map_location=run_device)
+    tokenizer_path = os.path.join(run_dir, checkpoint["tokenizer_path"])
+    with open(tokenizer_path, "rb") as f:
+        if hashlib.sha256(f.read()).hexdigest() != checkpoint["tokenizer_sha256"]:
+            raise SystemExit(f"{tokenizer_path} is not the tokenizer {checkpoint_path} was trained with; "
+                             f"restore it or retrain")
+    model = GPT(GPTConfig(**checkpoint["model_config"]))
+    model.load_state_dict(checkpoint["model"])
+    model.to(run_device).eval()
+    return model, Tokenizer.load(tokenizer_path), checkpoint
+
+
+def crop_left(ids, limit, what):
+    if len(ids) > limit:
+        print(f"[{what} has {len(ids)} tokens, more than fit the context; keeping the last {limit}]", file=sys.stderr)
+        return ids[-limit:]
+    return ids
+
+
+def stream(prompt_ids, stop_token=None):
+    """Generate after prompt_ids, printing each piece of text as soon as its characters are complete."""
+    idx = torch.tensor([prompt_ids], dtype=torch.long, device=run_device)
+    new_ids = (int(t[0]) for t in model.generate_stream(idx, max_new_tokens, temperature=temperature,
+                                                         top_k=top_k or None, top_p=top_p if top_p < 1 else None,
+                                                         stop_token=stop_token))
+    if stop_token is not None:  # the end token itself is not printed
+        new_ids = (t for t in new_ids if t != stop_token)
+    for piece in tokenizer.decode_stream(new_ids):
+        print(piece, end="", flush=True)
+    print()
+
+
+def answer(prompt):
+    """Wrap a prompt in the fine-tuning template and print only the response."""
+    template = checkpoint["template"]
+    special = tokenizer.special_tokens
+    prefix = [special[template["prompt"]]]
+    if template.get("rating_token"):  # rating_mode='condition' learned to answer at the rating it is asked for
+        prefix = [special[f"<|rating_{rating}|>"]] + prefix
+    prompt_ids = crop_left(tokenizer.encode(prompt), model.config.max_seq_len - len(prefix) - 2, "the prompt")
+    stream(prefix + prompt_ids + [special[template["response"]]], stop_token=special[template["end"]])
+
+
+# -----------------------------------------------------------------------------
+if __name__ == "__main__":
+    configure(globals())
+    if not 1 <= rating <= 5:
+        raise SystemExit(f"rating must be 1 to 5, not {rating}")
+    run_device = device if device != "auto" else ("cuda" if torch.cuda.is_available() else
+                                                 "mps" if torch.backends.mps.is_available() else "cpu")
+    torch.manual_seed(seed)
+    model, tokenizer, checkpoint = load_run(out_dir, run_device)
+    if start.startswith("FILE:"):
+        with open(start[5:], encoding="utf-8") as f:
+            start = f.read()
+    fine_tuned = checkpoint["kind"] == "finetune"
+
+    if chat:
+        if not fine_tuned:
+            raise SystemExit(f"--chat=True needs a fine-tuned checkpoint; {out_dir} holds a pretrained one "
+                             f"(train one with `python finetune.py config/finetune_small.py`)")
+        print("type a prompt and press Enter; Ctrl-D or Ctrl-C ends")
+        while True:
+            try:
+                prompt = input("> ").strip()
+            except (EOFError, KeyboardInterrupt):
+                print()
+                break
+            if prompt:
+                answer(prompt)
+    elif fine_tuned:
+        for _ in range(num_samples):
+            answer(start)
+    else:
+        eot = tokenizer.special_tokens["<|endoftext|>"]
+        prompt_ids = crop_left(tokenizer.encode(start), model.config.max_seq_len, "the prompt") if start else [eot]
+        for i in range(num_samples):
+            if i:
+                print("-" * 40)
+            print(start, end="")
+            stream(prompt_ids)
