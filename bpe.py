@@ -1,0 +1,520 @@
+"""
+bpe.py: a byte-level BPE tokenizer (GPT-4 style) in one file, standard library only.
+
+    tok = Tokenizer.train(text, vocab_size=4096, special_tokens=["<|endoftext|>"])
+    ids = tok.encode(text)                 # special tokens only with allowed_special=...
+    assert tok.decode(ids) == text
+    tok.save("tokenizer.json"); tok = Tokenizer.load("tokenizer.json")
+
+Command line: python bpe.py TEXT_FILE --vocab_size=4096 --out=tokenizer.json
+
+Ids 0..255 are the bytes, merge i makes id 256 + i, special tokens come after every merge.
+Text is first cut into chunks by a regex (letters, digits, punctuation, whitespace), and merges never
+cross a chunk boundary. Inside, a token sequence is a str with one character per token (chr(id)),
+so that merging a pair everywhere in a chunk is one str.replace and counting it is one str.count, both
+in C, and both scan left to right without overlap: in "aaaa" the pair "aa" counts 2, as a merge replaces 2.
+"""
+
+import array
+import codecs
+import json
+import os
+import re
+import sys
+import time
+from collections import Counter, deque
+from heapq import heapify, heappop, heappush
+from itertools import chain, islice, repeat
+from operator import add, itemgetter
+
+# -----------------------------------------------------------------------------
+# the split pattern: GPT-4's (cl100k), rewritten for Python's re, which has no \p{L} or \p{N}.
+# In re, [^\W\d_] is a letter, \d a digit, and "[^\s\w]|_" anything that is not one of those nor
+# whitespace, so every character lands in some chunk and no text is silently dropped.
+
+SPLIT_PATTERN = "|".join([
+    r"'(?i:[sdmt]|ll|ve|re)",       # contractions: 's 'd 'm 't 'll 've 're, in any case
+    r"[^\r\n\w]?[^\W\d_]+",         # a letter run with one optional space or punctuation mark before it,
+    r"_[^\W\d_]+",                  # ... or an underscore (split out because _ is part of \w)
+    r"\d{1,3}",                     # digits, in groups of at most three
+    r" ?(?:[^\s\w]|_)+[\r\n]*",     # a punctuation run with an optional space before, newlines after
+    r"\s*[\r\n]",                   # whitespace up to and including the last newline
+    r"\s+(?!\S)",                   # whitespace, leaving the last space to the word that follows
+    r"\s+",                         # whitespace at the end of the text
+])
+
+# The same pattern for ASCII text, with \w \d \s and letters spelled out as ASCII classes, which re tests
+# with a bitmap instead of Unicode lookups (a split almost twice as fast). On ASCII characters Unicode \s is
+# [\t-\r\x1c- ] (\x1c-\x1f are whitespace to Python), and (?:[^\s\w]|_) is what is neither whitespace nor
+# a letter or digit. _tests_bpe.py checks that both patterns give the same chunks.
+_ASCII_SPLIT_PATTERN = "|".join([
+    r"'(?i:[sdmt]|ll|ve|re)",
+    r"[^\r\n0-9A-Za-z_]?[A-Za-z]+",
+    r"_[A-Za-z]+",
+    r"[0-9]{1,3}",
+    r" ?[^\t-\r\x1c- 0-9A-Za-z]+[\r\n]*",
+    r"[\t-\r\x1c- ]*[\r\n]",
+    r"[\t-\r\x1c- ]+(?![^\t-\r\x1c- ])",
+    r"[\t-\r\x1c- ]+",
+])
+
+# A letter followed by a non-letter ends a chunk, and nothing in the split pattern looks across it,
+# so text cut there chunks exactly as the whole does. The greedy .* makes match() find the last one.
+_LAST_CUT = re.compile(r"(?s:.*)[^\W\d_](?=[\W\d_])")
+
+FORMAT, VERSION = "bpe.py tokenizer", 1
+MAX_VOCAB = 0x10FFFF  # ids are characters, and one character is kept back to be no token:
+_NO_TOKEN = chr(MAX_VOCAB)  # it is larger than every token, and it separates chunks that are joined
+_NO_TOKENS = repeat(_NO_TOKEN)  # an endless default for map(dict.get, keys, _NO_TOKENS)
+_BULK_MERGES = 64  # see _encode_chunks
+_U32 = next(c for c in "IL" if array.array(c).itemsize == 4)  # array typecode of a 32-bit id
+_UTF32 = "utf-32-le" if sys.byteorder == "little" else "utf-32-be"
+# _PAIRS[n](w) is the tuple of the n - 1 adjacent pairs of a token string w of length n, cut by one C call (2.5x
+# faster than map(add, w, w[1:])); it takes at least 2 slices, as itemgetter of one would not return a tuple.
+_PAIRS = [itemgetter(*[slice(i, i + 2) for i in range(max(n - 1, 2))]) for n in range(64)]
+
+# -----------------------------------------------------------------------------
+# helpers
+
+
+def _text_blocks(path, block_chars, specials=(), cuttable=True):
+    """Yield the text of a file in pieces of about block_chars characters, each cut where the split
+    pattern cannot join across and never inside one of the given special tokens. The cut rule is made
+    for SPLIT_PATTERN; with cuttable=False (another pattern) the whole file is one piece."""
+    if not cuttable:
+        block_chars = -1
+    longest = max(map(len, specials), default=1)
+    carry = ""
+    with open(path, encoding="utf-8", newline="") as f:  # newline="": keep \r\n as it is
+        while True:
+            block = f.read(block_chars)
+            text = carry + block
+            if not block:
+                break
+            end = len(text) - longest + 1  # the cut must not see past what has been read
+            cut = 0
+            while cuttable and end > 0 and (m := _LAST_CUT.match(text, 0, end)):
+                cut = m.end()
+                if not any(s in text[max(0, cut - len(s) + 1):cut + len(s) - 1] for s in specials):
+                    break
+                end, cut = cut - 1, 0  # a special token straddles this cut: look further back
+            if cut:
+                yield text[:cut]
+            carry = text[cut:]
+    if carry:
+        yield carry
+
+
+def _special_splitter(specials):
+    """A regex that splits text at the given special tokens, keeping them (longest first wins)."""
+    return re.compile("(" + "|".join(map(re.escape, sorted(specials, key=len, reverse=True))) + ")")
+
+
+def _unique(special_tokens):
+    special_tokens = list(special_tokens)
+    if len(set(special_tokens)) != len(special_tokens):
+        raise ValueError(f"special tokens {special_tokens} contain a duplicate")
+    return special_tokens
+
+
+def _training_specials(vocab_size, special_tokens):
+    """Check train()'s arguments before the counting starts; return the special tokens as a list."""
+    special_tokens = _unique(special_tokens)
+    if not 256 + len(special_tokens) <= vocab_size <= MAX_VOCAB:
+        raise ValueError(f"vocab_size {vocab_size} must be between {256 + len(special_tokens)} (bytes and special tokens) and {MAX_VOCAB}")
+    return special_tokens
+
+
+_worker = None  # (tokenizer, allowed_special, typecode) in an encode_file worker process
+
+
+def _worker_init(*args):
+    global _worker
+    _worker = args
+
+
+def _worker_encode(text):
+    tok, allowed_special, typecode = _worker
+    return _ids_to_bytes(tok.encode(text, allowed_special), typecode)
+
+
+def _ids_to_bytes(ids, typecode):
+    a = array.array(typecode, ids)
+    if sys.byteorder == "big":
+        a.byteswap()  # the file is little-endian everywhere, as numpy's "<u2" reads it
+    return a.tobytes()
+
+
+# -----------------------------------------------------------------------------
+# the tokenizer
+
+
+class Tokenizer:
+
+    def __init__(self, merges=(), special_tokens=(), pattern=SPLIT_PATTERN, cache_size=1 << 18, *, _trained=False):
+        """merges: (a, b) id pairs in rank order; special_tokens: strings (ids given in order after the
+        merges) or a dict string -> id; pattern: the split regex; cache_size: how many chunks' encodings
+        to keep before starting over. Raises ValueError if these are inconsistent."""
+        try:
+            self._split = re.compile(pattern)
+        except (re.error, TypeError) as e:
+            raise ValueError(f"the split pattern does not compile ({e})") from None
+        self.pattern = pattern
+        self._ascii_split = re.compile(_ASCII_SPLIT_PATTERN) if pattern == SPLIT_PATTERN else self._split
+        vocab = [bytes([i]) for i in range(256)]  # id -> bytes
+        self._merges = []
+        self._rank = {}   # pair as 2 characters -> the token character it merges into
+        self._pair = {}   # the reverse: token character -> pair
+        for i, pair in enumerate(merges):
+            if not (isinstance(pair, (list, tuple)) and len(pair) == 2 and 256 + i < MAX_VOCAB
+                    and all(type(x) is int and 0 <= x < 256 + i for x in pair)):
+                raise ValueError(f"merge {i} is {pair!r}, not a pair of ids below {256 + i} (the ids that exist before it)")
+            a, b = pair
+            p, t = chr(a) + chr(b), chr(256 + i)
+            if p in self._rank:
+                raise ValueError(f"merge {i} repeats merge {ord(self._rank[p]) - 256}, the pair ({a}, {b})")
+            self._merges.append((a, b))
+            self._rank[p], self._pair[t] = t, p
+            vocab.append(vocab[a] + vocab[b])
+        n = len(vocab)
+        if not isinstance(special_tokens, dict):
+            special_tokens = dict(zip(_unique(special_tokens), range(n, MAX_VOCAB)))
+        ids = list(special_tokens.values())
+        if not all(type(i) is int for i in ids) or sorted(ids) != list(range(n, n + len(ids))) or n + len(ids) > MAX_VOCAB:
+            raise ValueError(f"special token ids {ids} are not {n}, {n + 1}, ...: the ids right after the {n - 256} merges, once each")
+        for s in special_tokens:
+            if not (isinstance(s, str) and s and s.encode("utf-8", "replace").decode("utf-8") == s):
+                raise ValueError(f"special token {s!r} is not a non-empty string that UTF-8 can encode")
+        self._special = dict(special_tokens)
+        self._vocab = dict(enumerate(vocab))  # a dict, so that a negative id is an error, not the last token
+        self._vocab.update((i, s.encode("utf-8")) for s, i in self._special.items())
+        self._splitters = {}  # frozenset of allowed specials -> regex that splits text at them
+        self._cache = {}      # chunk -> its tokens, as a str of token characters
+        self.cache_size = cache_size
+        # Fast path: a chunk whose bytes are one token is that token, as long as BPE on those bytes
+        # really ends there. Every token learned by train() does: the pair it merged was found inside
+        # a chunk, and no merge before it crossed the pair's edges there, so the bytes alone merge the
+        # same way. A merge list from elsewhere need not, so it is checked (about 25 ms per 4096 merges).
+        words = [vocab[i].decode("latin-1") for i in range(256, n)]
+        ends = map(chr, range(256, n)) if _trained else self._bpe(words)
+        self._whole = {w: e for w, e in zip(words, ends) if len(e) == 1}  # token bytes as latin-1 -> token
+
+    def __repr__(self):
+        return f"Tokenizer(vocab_size={self.vocab_size}, merges={len(self._merges)}, special_tokens={self._special})"
+
+    @property
+    def merges(self):
+        """The (a, b) pairs in rank order; merge i makes id 256 + i."""
+        return list(self._merges)
+
+    @property
+    def special_tokens(self):
+        """Special token string -> id."""
+        return dict(self._special)
+
+    @property
+    def vocab_size(self):
+        return 256 + len(self._merges) + len(self._special)
+
+    def __getstate__(self):  # sent to encode_file's workers: leave the cache behind
+        return dict(self.__dict__, _cache={})
+
+    # -------------------------------------------------------------------------
+    # training
+
+    @classmethod
+    def train(cls, text, vocab_size, special_tokens=(), pattern=SPLIT_PATTERN, progress=None):
+        """Learn merges on text until the vocabulary, special tokens included, has vocab_size ids (or no
+        pair is left). Occurrences of the special tokens in text are left out of the counts.
+        progress, if given, is called as progress("merge", merges_done, merges_wanted)."""
+        special_tokens = _training_specials(vocab_size, special_tokens)
+        split, counts = re.compile(pattern), Counter()
+        for piece in _special_splitter(special_tokens).split(text)[::2] if special_tokens else [text]:
+            counts.update(split.findall(piece))
+        return cls._from_counts(counts, vocab_size, special_tokens, pattern, progress)
+
+    @classmethod
+    def train_file(cls, path, vocab_size, special_tokens=(), pattern=SPLIT_PATTERN, progress=None, block_chars=1 << 22):
+        """train() on a UTF-8 file of any size: chunks are counted in one streaming pass, block by block.
+        progress is also called as progress("count", bytes_read, file_bytes)."""
+        special_tokens = _training_specials(vocab_size, special_tokens)
+        split, counts, done, size = re.compile(pattern), Counter(), 0, os.path.getsize(path)
+        splitter = special_tokens and _special_splitter(special_tokens)
+        for block in _text_blocks(path, block_chars, special_tokens, pattern == SPLIT_PATTERN):
+            for piece in splitter.split(block)[::2] if splitter else [block]:
+                counts.update(split.findall(piece))
+            if progress:
+                done += len(block.encode("utf-8"))
+                progress("count", done, size)
+        return cls._from_counts(counts, vocab_size, special_tokens, pattern, progress)
+
+    @classmethod
+    def _from_counts(cls, counts, vocab_size, special_tokens, pattern, progress):
+        """Learn merges from chunk -> frequency. Each distinct chunk is a str of token characters;
+        pair counts are kept in a dict, with an index pair -> chunks that contain it and a heap of
+        (-count, pair) whose stale entries are skipped, so a merge touches only the chunks it changes."""
+        n_merges = vocab_size - 256 - len(special_tokens)
+        words, freqs = [], []
+        for chunk, f in counts.items():
+            w = chunk.encode("utf-8").decode("latin-1")  # one character per byte, chr(byte)
+            if len(w) > 1:
+                words.append(w)
+                freqs.append(f)
+        count, where = {}, {}  # pair -> count; pair -> indices of the words it has been in
+        for i, (w, f) in enumerate(zip(words, freqs)):
+            for p in set(map(add, w, w[1:])):
+                count[p] = count.get(p, 0) + f * w.count(p)
+                where.setdefault(p, []).append(i)
+        heap = [(-c, p) for p, c in count.items()]
+        heapify(heap)
+        merges = []
+        while len(merges) < n_merges and heap:
+            c, p = heappop(heap)
+            if count.get(p) != -c:
+                continue  # stale: this pair's count has changed since it was pushed
+            # Ties go to the smallest pair, as the heap orders (-count, pair) and chr keeps id order.
+            t = chr(256 + len(merges))
+            merges.append((ord(p[0]), ord(p[1])))
+            a, b = p
+            changed = set()
+            for i in where.pop(p):
+                w = words[i]
+                if p not in w:
+                    continue  # an earlier merge took this occurrence away
+                new = words[i] = w.replace(p, t)
+                # Only pairs next to the new token change: (x, a) becomes (x, t) and (b, y) becomes (t, y)
+                # (where two new tokens touch, the old neighbour was b or a). Recount those in both words.
+                touched = set()
+                j = new.find(t)
+                while j >= 0:
+                    if j:
+                        x = new[j - 1]
+                        touched.add(x + t)
+                        touched.add((b if x == t else x) + a)
+                    if j + 1 < len(new):
+                        y = new[j + 1]
+                        touched.add(t + y)
+                        touched.add(b + (a if y == t else y))
+                    j = new.find(t, j + 1)
+                f = freqs[i]
+                for q in touched:
+                    d = new.count(q) - w.count(q)
+                    if d:
+                        count[q] = count.get(q, 0) + d * f
+                        changed.add(q)
+                        if t in q:  # a pair can only appear in a word by containing the new token
+                            where.setdefault(q, []).append(i)
+            del count[p]  # every occurrence is merged, and (a, b) can never form again
+            changed.discard(p)
+            for q in changed:
+                if count[q] > 0:
+                    heappush(heap, (-count[q], q))
+                else:
+                    del count[q]
+            if progress and len(merges) % 64 == 0:
+                progress("merge", len(merges), n_merges)
+        if progress:
+            progress("merge", len(merges), n_merges)
+        return cls(merges, special_tokens, pattern, _trained=True)
+
+    # -------------------------------------------------------------------------
+    # encoding and decoding
+
+    def _bpe(self, words, done=1):
+        """BPE on each token-character string in words: merge the lowest-ranked pair until no pair has a
+        rank (or only `done` tokens are left); merge ids grow with rank, so the smallest token character
+        found is the lowest rank. Returns the list of results."""
+        rank, pair, pairs, no_token, no_tokens, out = self._rank.get, self._pair, _PAIRS, _NO_TOKEN, _NO_TOKENS, []
+        for w in words:
+            while (n := len(w)) > done:
+                t = min(map(rank, pairs[n](w) if n < len(pairs) else map(add, w, w[1:]), no_tokens))
+                if t is no_token:
+                    break
+                w = w.replace(pair[t], t)
+            out.append(w)
+        return out
+
+    def _encode_chunks(self, chunks):
+        """The tokens of each chunk, as strs of token characters. The first merges are needed by most
+        chunks, so they are applied to all chunks at once, one str.replace each on the chunks joined;
+        applying merges in rank order is the same as lowest-ranked-first, as a merge can only create
+        pairs of a later rank. Each chunk then finishes alone. (On a cold tinyshakespeare, 64 bulk
+        merges take a fifth off the BPE time; more cost more in scanning than they save.)
+        A chunk that BPE makes one token is caught by the fast path, so the others stop at 2 tokens."""
+        whole = self._whole
+        words = [c if c.isascii() else c.encode("utf-8").decode("latin-1") for c in chunks]  # one character per byte
+        joined = _NO_TOKEN.join(map(whole.get, words, words))  # fast path: a chunk that is one token
+        for p, t in islice(self._rank.items(), _BULK_MERGES):
+            joined = joined.replace(p, t)
+        return self._bpe(joined.split(_NO_TOKEN), done=2)
+
+    def encode_ordinary(self, text):
+        """Encode text as plain text: special-token strings in it are ordinary characters."""
+        chunks = (self._ascii_split if text.isascii() else self._split).findall(text)  # isascii() is O(1)
+        cache = self._cache
+        new = set(chunks).difference(cache) if cache else set(chunks)  # iterated twice below, in the same order
+        if len(cache) + len(new) > self.cache_size:
+            cache.clear()  # keep memory bounded on huge corpora; a cold cache only costs time
+            new = set(chunks)
+        cache.update(zip(new, self._encode_chunks(new)))
+        tokens = "".join(map(cache.__getitem__, chunks))
+        return array.array(_U32, tokens.encode(_UTF32, "surrogatepass")).tolist()  # characters to ids, in C
+
+    def encode(self, text, allowed_special=()):
+        """Encode text to ids. Text that looks like a special token is plain text unless that token is
+        in allowed_special (a set of strings, or "all"), so user text cannot inject control tokens."""
+        if isinstance(allowed_special, str):
+            if allowed_special != "all":
+                raise ValueError(f'allowed_special is {allowed_special!r}, not a set of special tokens or "all"')
+            allowed_special = self._special
+        if not allowed_special:
+            return self.encode_ordinary(text)
+        allowed = frozenset(allowed_special)
+        splitter = self._splitters.get(allowed)
+        if splitter is None:
+            unknown = allowed.difference(self._special)
+            if unknown:
+                raise ValueError(f"allowed_special names {sorted(unknown)}, which are not special tokens of this tokenizer")
+            splitter = self._splitters[allowed] = _special_splitter(allowed)
+        ids = []
+        for k, part in enumerate(splitter.split(text)):
+            if k % 2:
+                ids.append(self._special[part])  # odd parts are the separators the split kept
+            elif part:
+                ids.extend(self.encode_ordinary(part))
+        return ids
+
+    def _bytes(self, ids):
+        try:
+            return b"".join(map(self._vocab.__getitem__, ids))
+        except (KeyError, TypeError):
+            bad = next(i for i in ids if i not in self._vocab)
+            raise ValueError(f"token id {bad!r} is not in this vocabulary of {self.vocab_size} ids") from None
+
+    def decode(self, ids):
+        """Ids to text; bytes that are not valid UTF-8 (from a partial sequence of ids) become U+FFFD."""
+        return self._bytes(ids).decode("utf-8", errors="replace")
+
+    def decode_stream(self, ids):
+        """Yield text as ids arrive, holding back the bytes of a character split across tokens until
+        it is complete; the pieces join to decode(ids)."""
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        for i in ids:
+            text = decoder.decode(self._bytes((i,)))
+            if text:
+                yield text
+        text = decoder.decode(b"", final=True)  # leftover bytes of an unfinished character
+        if text:
+            yield text
+
+    # -------------------------------------------------------------------------
+    # large files
+
+    def encode_file(self, in_path, out_path, dtype="uint16", num_workers=1, allowed_special=(), block_chars=1 << 20):
+        """Encode a UTF-8 text file of any size to raw little-endian ids (np.memmap can read them),
+        block by block; with num_workers > 1 blocks are encoded by a process pool, in order.
+        Gives exactly the ids of encode(whole text). Returns the number of ids written."""
+        bits = {"uint16": 16, "uint32": 32}.get(dtype)
+        if bits is None:
+            raise ValueError(f"dtype {dtype!r} is not 'uint16' or 'uint32'")
+        if self.vocab_size > 1 << bits:
+            raise ValueError(f"vocab_size {self.vocab_size} does not fit in {dtype}")
+        typecode = next(c for c in "HILQ" if array.array(c).itemsize * 8 == bits)
+        allowed = self._special if allowed_special == "all" else allowed_special
+        blocks = _text_blocks(in_path, block_chars, allowed, self.pattern == SPLIT_PATTERN)
+        n = 0
+        with open(out_path, "wb") as out:
+            if num_workers <= 1:
+                for block in blocks:
+                    n += out.write(_ids_to_bytes(self.encode(block, allowed), typecode))
+            else:
+                import multiprocessing
+                with multiprocessing.Pool(num_workers, _worker_init, (self, allowed, typecode)) as pool:
+                    pending = deque()  # at most 2 blocks a worker in flight, so memory stays bounded
+                    for block in chain(blocks, [None]):
+                        if block is not None:
+                            pending.append(pool.apply_async(_worker_encode, (block,)))
+                        while pending and (block is None or len(pending) >= 2 * num_workers):
+                            n += out.write(pending.popleft().get())
+        return n * 8 // bits
+
+    # -------------------------------------------------------------------------
+    # saving and loading
+
+    def save(self, path):
+        """Write one human-readable JSON file: format, version, split pattern, special tokens, merges."""
+        head = {"format": FORMAT, "version": VERSION, "pattern": self.pattern, "special_tokens": self._special}
+        lines = [f"  {json.dumps(k)}: {json.dumps(v, ensure_ascii=False)}," for k, v in head.items()]
+        merges = ",\n".join(f"    [{a}, {b}]" for a, b in self._merges)
+        text = "{\n" + "\n".join(lines) + '\n  "merges": [\n' + merges + "\n  ]\n}\n"
+        tmp = f"{path}.tmp{os.getpid()}"
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)  # never leave a half-written tokenizer behind
+
+    @classmethod
+    def load(cls, path):
+        """Read a file written by save(). A missing, corrupt or inconsistent file raises
+        FileNotFoundError or ValueError with one sentence that names the file."""
+        try:
+            with open(path, encoding="utf-8") as f:
+                data = json.load(f)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"tokenizer file {path!r} does not exist") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"tokenizer file {path!r} is not valid JSON, perhaps truncated ({e})") from None
+        keys = {"format", "version", "pattern", "special_tokens", "merges"}
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise ValueError(f"tokenizer file {path!r} is not a {FORMAT} file (its \"format\" is not {FORMAT!r})")
+        if data.get("version") != VERSION:
+            raise ValueError(f"tokenizer file {path!r} has version {data.get('version')!r}, but this bpe.py reads version {VERSION}")
+        if set(data) != keys:
+            raise ValueError(f"tokenizer file {path!r} has fields {sorted(data)}, expected {sorted(keys)}")
+        if not isinstance(data["merges"], list) or not isinstance(data["special_tokens"], dict):
+            raise ValueError(f"tokenizer file {path!r} is inconsistent: merges must be a list and special_tokens an object")
+        try:
+            return cls(data["merges"], data["special_tokens"], data["pattern"])
+        except ValueError as e:
+            raise ValueError(f"tokenizer file {path!r} is inconsistent: {e}") from None
+
+
+# -----------------------------------------------------------------------------
+# command line: python bpe.py TEXT_FILE --vocab_size=4096 --out=tokenizer.json [--special=<|endoftext|>,...]
+
+if __name__ == "__main__":
+    args = sys.argv[1:]
+    files = [a for a in args if not a.startswith("--")]
+    opts = dict(a[2:].split("=", 1) if "=" in a else (a[2:], "") for a in args if a.startswith("--"))
+    if len(files) != 1 or set(opts) - {"vocab_size", "out", "special"}:
+        sys.exit("usage: python bpe.py TEXT_FILE [--vocab_size=4096] [--out=tokenizer.json] [--special=<|endoftext|>]\n"
+                 "  --special takes a comma-separated list; --special= means none")
+    path, vocab_size, out = files[0], int(opts.get("vocab_size", 4096)), opts.get("out", "tokenizer.json")
+    specials = [s for s in opts.get("special", "<|endoftext|>").split(",") if s]
+    try:
+        from tqdm import tqdm
+    except ImportError:  # no progress bars, then
+        tqdm = None
+    bars = {}
+
+    def progress(stage, done, total):
+        if tqdm is None:
+            return
+        if stage not in bars:
+            for bar in bars.values():
+                bar.close()
+            unit = dict(count=("B", True), merge=("merge", False))[stage]
+            bars[stage] = tqdm(total=total, desc=stage, unit=unit[0], unit_scale=unit[1], mininterval=0.5)
+        bars[stage].update(done - bars[stage].n)
+
+    t0 = time.perf_counter()
+    tok = Tokenizer.train_file(path, vocab_size, specials, progress=progress)
+    seconds = time.perf_counter() - t0
+    for bar in bars.values():
+        bar.close()
+    tok.save(out)
+    with open(path, encoding="utf-8", newline="") as f:
+        sample = f.read(10_000_000)  # bytes per token on the first 10M characters is plenty
+    n_bytes, n_ids = len(sample.encode("utf-8")), len(tok.encode(sample))
+    print(f"vocab_size {tok.vocab_size} ({len(tok.merges)} merges, {len(specials)} special), "
+          f"{n_bytes / max(n_ids, 1):.2f} bytes per token{' (first 10M characters)' if len(sample) == 10_000_000 else ''}, "
+          f"trained in {seconds:.2f} s, saved to {out}")

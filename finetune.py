@@ -1,0 +1,581 @@
+"""
+Fine-tune a pretrained GPT on rated prompt/response pairs (a CSV with columns prompt,response,rating).
+
+    python finetune.py config/finetune_small.py                     # after python pretrain.py config/small.py
+    python finetune.py config/finetune_small.py --rating_mode=weight
+    python finetune.py config/finetune_small.py --init_from=resume  # continue where the last run stopped
+    python sample.py --out_dir=out-finetune --start="How do I reverse a list?"
+
+Each row becomes [<|prompt|>] prompt [<|response|>] response [<|endoftext|>], the parts encoded separately,
+and only the response and the end token are learned. rating_mode says what the ratings do:
+  weight     the loss of each row is scaled by rating/5 (the original project's behaviour)
+  filter     only rows rated at least min_rating are learned
+  condition  a token <|rating_k|> goes first, the model learns every row; sampling asks for <|rating_5|>
+  kto        rows rated 4-5 are desirable and 1-2 undesirable (3 is left out), trained with KTO
+             (Ethayarajh et al. 2024) against the frozen pretrained model, so bad answers are pushed down
+Prompts are split into training and validation; every evaluation logs the response loss of each rating
+and the preference score to out_dir/log.csv. Run with --help to list every setting.
+"""
+import copy
+import csv
+import dataclasses
+import hashlib
+import math
+import os
+import random
+import signal
+import time
+from contextlib import nullcontext
+
+import pandas as pd
+import torch
+from torch.nn import functional as F
+from tqdm import tqdm
+
+from bpe import Tokenizer
+from configurator import configure
+from model import GPT, GPTConfig, load_checkpoint, save_checkpoint
+
+# -----------------------------------------------------------------------------
+# settings: override with config files (config/*.py, the finetuning section of a config.json) and --name=value
+# I/O
+init_from = "out"  # the pretrained run's out_dir or a checkpoint file in it; 'resume' continues out_dir's run
+data_path = "data/fine_tune_data.csv"
+out_dir = "out-finetune"  # must differ from the pretrained run's directory, which is never written to
+skip_bad_rows = False  # True skips rows with a bad rating or an empty field (and says how many) instead of stopping
+# how ratings are used
+rating_mode = "condition"  # 'weight', 'filter', 'condition' or 'kto' (see above)
+min_rating = 4  # filter: the lowest rating that is learned
+kto_beta = 0.1  # kto: how sharply the value function saturates in the log-probability ratio
+kto_lambda_desirable = 1.0  # kto: weight of desirable rows
+kto_lambda_undesirable = 1.0  # kto: weight of undesirable rows (loss aversion when larger)
+# training
+max_iters = 150
+n_epochs = 0.0  # if > 0, train for this many passes over the training rows instead of max_iters
+eval_interval = 50
+val_fraction = 0.2  # of the prompts (with all their responses) held out
+batch_size = 16
+learning_rate = 3e-4
+min_lr_ratio = 0.1
+warmup_iters = 20
+lr_decay_iters = 0  # 0 means the run's length
+weight_decay = 0.1
+beta1 = 0.9
+beta2 = 0.99
+grad_clip = 1.0  # 0 turns clipping off
+dropout = 0.0  # replaces the pretrained run's dropout
+# system
+device = "auto"  # 'auto' picks cuda, then mps, then cpu
+dtype = "float32"  # or 'bfloat16' (autocast)
+compile = False  # torch.compile the model (batches are then padded to max_seq_len to keep one shape)
+seed = 1337
+# -----------------------------------------------------------------------------
+RATING_MODES = ("weight", "filter", "condition", "kto")
+PROMPT, RESPONSE, END = "<|prompt|>", "<|response|>", "<|endoftext|>"
+COLUMNS = ("prompt", "response", "rating")
+
+
+def rating_token(rating):
+    return f"<|rating_{rating}|>"
+
+
+def pick_device(name):
+    if name != "auto":
+        return name
+    if torch.cuda.is_available():
+        return "cuda"
+    if torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def file_sha256(path):
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def resolve_init(init_from, out_dir):
+    """Return the pretrained checkpoint's path, refusing an out_dir that would overwrite it."""
+    path = os.path.join(init_from, "ckpt.pt") if os.path.isdir(init_from) else init_from
+    if not os.path.isfile(path):
+        raise SystemExit(f"no pretrained checkpoint at {path}; run `python pretrain.py config/small.py` first "
+                         f"or point init_from at a run's out_dir")
+    if os.path.realpath(out_dir) == os.path.realpath(os.path.dirname(path)):
+        raise SystemExit(f"out_dir={out_dir} is the directory of the pretrained checkpoint {path}, which "
+                         f"fine-tuning must not overwrite; choose another out_dir")
+    return path
+
+
+def check_tokenizer(checkpoint, checkpoint_path):
+    """Return the path of the tokenizer a checkpoint was trained with, refusing a missing or different file."""
+    tokenizer_path = os.path.join(os.path.dirname(checkpoint_path), checkpoint["tokenizer_path"])
+    if not os.path.isfile(tokenizer_path):
+        raise SystemExit(f"{checkpoint_path} needs its tokenizer {tokenizer_path}, which is missing; restore it "
+                         f"or pretrain again")
+    if file_sha256(tokenizer_path) != checkpoint["tokenizer_sha256"]:
+        raise SystemExit(f"{tokenizer_path} is not the tokenizer {checkpoint_path} was trained with (its sha256 "
+                         f"differs); restore the original file or pretrain again")
+    return tokenizer_path
+
+
+def read_rows(path):
+    """Read the CSV with pandas into a DataFrame of stripped strings with the columns prompt, response, rating."""
+    if not os.path.isfile(path):
+        raise SystemExit(f"data_path {path} does not exist; give a CSV file with the columns prompt,response,rating")
+    try:
+        # utf-8-sig drops a BOM; str and keep_default_na keep texts such as 'None' or 'NA' as they are
+        df = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig", skipinitialspace=True)
+    except pd.errors.EmptyDataError:
+        raise SystemExit(f"{path} is empty; it needs the header prompt,response,rating and one row per rated response")
+    except UnicodeDecodeError:
+        raise SystemExit(f"{path} is not UTF-8 text; save it as UTF-8")
+    except pd.errors.ParserError as e:
+        raise SystemExit(f"{path} is not valid CSV ({str(e).strip()}); quote fields that hold commas or newlines")
+    df.columns = [str(c).strip().lower() for c in df.columns]
+    missing = [c for c in COLUMNS if c not in df.columns]
+    if missing:
+        raise SystemExit(f"{path} has no column {', '.join(missing)} (found: {', '.join(df.columns)}); "
+                         f"the header must name prompt, response and rating")
+    if len(df) == 0:
+        raise SystemExit(f"{path} is empty; it has a header but no rows")
+    df = df[list(COLUMNS)].apply(lambda column: column.str.strip())  # extra columns go
+    return df
+
+
+def row_list(index, limit=5):
+    """CSV row numbers of the DataFrame positions in index, as a spreadsheet shows them (the header is row 1)."""
+    rows = [str(i + 2) for i in index[:limit]]
+    return ", ".join(rows) + (", ..." if len(index) > limit else "")
+
+
+def clean_rows(df, path, skip_bad_rows=False):
+    """Return the rows with integer ratings 1-5 and non-empty texts; stop on bad rows unless skip_bad_rows."""
+    rating = pd.to_numeric(df["rating"], errors="coerce")
+    bad_rating = ~(rating.isin([1, 2, 3, 4, 5]))  # NaN, 0, 6 and 4.5 all fail; '5.0' is fine
+    empty = (df["prompt"] == "") | (df["response"] == "")
+    problems = [(bad_rating, "a rating that is not a whole number from 1 to 5"),
+                (empty & ~bad_rating, "an empty prompt or response")]
+    for mask, what in problems:
+        index = [i for i, bad in enumerate(mask) if bad]
+        if index and not skip_bad_rows:
+            raise SystemExit(f"{path}: {len(index)} row{'s have' if len(index) > 1 else ' has'} {what} (row "
+                             f"{row_list(index)}; the header is row 1); fix them or set skip_bad_rows=True to skip them")
+    bad = bad_rating | empty
+    if bad.any():
+        print(f"skipped {int(bad.sum())} of {len(df)} rows of {path} with a bad rating or an empty prompt or "
+              f"response (rows {row_list([i for i, b in enumerate(bad) if b])})")
+    df = df[~bad].copy()
+    df["rating"] = rating[~bad].astype(int)
+    return df.reset_index(drop=True)
+
+
+def split_by_prompt(df, val_fraction, seed, path="the data"):
+    """Split into (train, val) so that all responses to one prompt land on the same side (seeded)."""
+    prompts = list(dict.fromkeys(df["prompt"]))  # in order of appearance, so the split depends only on the seed
+    if len(prompts) < 2:
+        raise SystemExit(f"{path} has {len(df)} usable rows with {len(prompts)} distinct prompt"
+                         f"{'s' if len(prompts) != 1 else ''} after cleaning; at least 2 prompts are needed to hold "
+                         f"some out for validation")
+    random.Random(seed).shuffle(prompts)
+    n_val = min(len(prompts) - 1, max(1, round(val_fraction * len(prompts))))
+    val_prompts = set(prompts[:n_val])
+    is_val = df["prompt"].isin(val_prompts)
+    return df[~is_val].reset_index(drop=True), df[is_val].reset_index(drop=True)
+
+
+def training_rows(df, rating_mode, min_rating):
+    """The rows rating_mode learns from, with columns weight (loss scale) and desirable (kto)."""
+    df = df.copy()
+    if rating_mode == "filter":
+        df = df[df["rating"] >= min_rating]
+    elif rating_mode == "kto":
+        df = df[df["rating"] != 3]  # a middling rating says neither 'more of this' nor 'less of this'
+    df["weight"] = df["rating"] / 5 if rating_mode == "weight" else 1.0
+    df["desirable"] = df["rating"] >= 4
+    return df.reset_index(drop=True)
+
+
+@dataclasses.dataclass
+class Example:
+    prefix: list  # [<|rating_k|>] in condition mode, then [<|prompt|>]
+    prompt_ids: list  # the prompt, encoded on its own
+    reply: list  # [<|response|>] + the response encoded on its own + [<|endoftext|>]
+    rating: int
+    prompt: str
+    weight: float = 1.0
+    desirable: bool = True
+
+
+def encode_row(tokenizer, prompt, response, rating, condition, weight=1.0, desirable=True):
+    """Encode prompt and response separately, so that no merge can cross the boundary between them."""
+    special = tokenizer.special_tokens
+    prefix = ([special[rating_token(rating)]] if condition else []) + [special[PROMPT]]
+    reply = [special[RESPONSE]] + tokenizer.encode(response) + [special[END]]
+    return Example(prefix, tokenizer.encode(prompt), reply, rating, prompt, weight, desirable)
+
+
+def join(prefix, prompt_ids, reply, max_seq_len):
+    """Inputs x and targets y of one example, or None if the reply does not fit next to one prompt token.
+
+    x = prefix + prompt + [<|response|>] + response, y = x shifted left by one with -1 (ignored) at every position
+    whose next token is not part of the response or the end token: the first response token is the target at
+    the <|response|> position. A prompt that does not fit is cut from the left (its end matters most).
+    Returns (x, y, n_prompt_tokens_cut)."""
+    room = max_seq_len + 1 - len(prefix) - len(reply)  # x is one shorter than the full sequence
+    if room < 1:
+        return None
+    kept = prompt_ids[max(0, len(prompt_ids) - room):]
+    x = prefix + kept + reply[:-1]
+    y = [-1] * (len(prefix) + len(kept)) + reply[1:]
+    return x, y, len(prompt_ids) - len(kept)
+
+
+def prepare(tokenizer, df, rating_mode, max_seq_len):
+    """Turn rows into Examples; returns (examples, n_prompts_cut, n_rows_skipped_as_too_long)."""
+    examples, n_cut, n_long = [], 0, 0
+    for row in df.itertuples(index=False):
+        weight, desirable = getattr(row, "weight", 1.0), getattr(row, "desirable", row.rating >= 4)
+        example = encode_row(tokenizer, row.prompt, row.response, row.rating, rating_mode == "condition",
+                             weight, desirable)
+        joined = join(example.prefix, example.prompt_ids, example.reply, max_seq_len)
+        if joined is None:
+            n_long += 1
+            continue
+        n_cut += joined[2] > 0
+        examples.append(example)
+    return examples, n_cut, n_long
+
+
+def separate_new_tokens(model, token_ids, seed):
+    """Give the special tokens that pretraining never saw distinct embeddings. The softmax pushed all of them the
+    same way (they were never the target), so they start about 99% alike and the model cannot tell <|prompt|> from
+    <|response|> or one rating from another; each gets a random offset the size of an ordinary token's spread."""
+    weight = model.tok_emb.weight
+    with torch.no_grad():
+        spread = weight[:min(token_ids)].std(dim=0)  # per channel, over the ordinary tokens (specials come last)
+        noise = torch.randn(len(token_ids), weight.size(1), generator=torch.Generator().manual_seed(seed))
+        weight[token_ids] += noise.to(weight.device) * spread
+
+
+def collate(pairs, pad_id, device, pad_to=None):
+    """Stack (x, y) lists into (B, T) tensors, padded on the right; padded targets are -1, so the loss skips them."""
+    T = pad_to or max(len(x) for x, _ in pairs)
+    x = torch.tensor([x + [pad_id] * (T - len(x)) for x, _ in pairs], dtype=torch.long)
+    y = torch.tensor([y + [-1] * (T - len(y)) for _, y in pairs], dtype=torch.long)
+    return x.to(device), y.to(device)
+
+
+def sequence_logprobs(model, x, y):
+    """Per example: the summed log-probability of its target tokens (B,) and how many there are (B,)."""
+    logits, _ = model(x)
+    nll = F.cross_entropy(logits.float().transpose(1, 2), y, ignore_index=-1, reduction="none")  # (B, T), 0 at -1
+    return -nll.sum(dim=1), (y != -1).sum(dim=1)
+
+
+def weighted_loss(logprobs, n_tokens, weights):
+    """Mean loss per response token, each row's tokens scaled by its weight (1, or rating/5 in weight mode)."""
+    return -(weights * logprobs).sum() / n_tokens.sum().clamp(min=1)
+
+
+def kto_loss(logprobs, ref_logprobs, kl_logprobs, kl_ref_logprobs, desirable, beta, lambda_d, lambda_u):
+    """KTO (Ethayarajh et al. 2024): reward r = log pi(y|x) - log pi_ref(y|x); reference point z0 = KL(pi || pi_ref)
+    estimated on mismatched pairs (a prompt with another row's response), clamped at 0 and not differentiated;
+    value = lambda_D * sigmoid(beta (r - z0)) for desirable rows, lambda_U * sigmoid(beta (z0 - r)) for undesirable;
+    loss = mean(lambda_y - value). Returns (loss, z0)."""
+    z0 = (kl_logprobs - kl_ref_logprobs).mean().clamp(min=0).detach()
+    reward = logprobs - ref_logprobs
+    lam = torch.where(desirable, torch.full_like(reward, lambda_d), torch.full_like(reward, lambda_u))
+    value = lam * torch.sigmoid(torch.where(desirable, beta * (reward - z0), beta * (z0 - reward)))
+    return (lam - value).mean(), z0
+
+
+def preference_score(scored):
+    """scored: (prompt, rating, mean log-prob per token) triples. Over prompts with differently rated responses,
+    the fraction of (higher, lower)-rated pairs where the higher-rated one scores higher (a tie counts half);
+    None when there are no such pairs."""
+    by_prompt = {}
+    for prompt, rating, score in scored:
+        by_prompt.setdefault(prompt, []).append((rating, score))
+    wins = pairs = 0
+    for answers in by_prompt.values():
+        for rating_a, score_a in answers:
+            for rating_b, score_b in answers:
+                if rating_a > rating_b:
+                    pairs += 1
+                    wins += 1.0 if score_a > score_b else 0.5 if score_a == score_b else 0.0
+    return wins / pairs if pairs else None
+
+
+@torch.no_grad()
+def evaluate(model, examples, max_seq_len, pad_id, device, batch_size, autocast=nullcontext(), prefix=None):
+    """Mean response loss per token for each rating ('loss_r1'...'loss_r5', None where absent) and the preference
+    score ('pref'), with the model used as sample.py uses it: prefix (condition mode: <|rating_5|>, <|prompt|>)
+    replaces every example's own, so each response is scored as an answer at the top rating."""
+    was_training = model.training
+    model.eval()
+    logprobs, counts = [], []
+    for i in range(0, len(examples), batch_size):
+        pairs = [join(prefix or e.prefix, e.prompt_ids, e.reply, max_seq_len)[:2] for e in examples[i:i + batch_size]]
+        with autocast:
+            lp, n = sequence_logprobs(model, *collate(pairs, pad_id, device))
+        logprobs += lp.tolist()
+        counts += n.tolist()
+    model.train(was_training)
+    result = {}
+    for r in range(1, 6):
+        rows = [i for i, e in enumerate(examples) if e.rating == r]
+        result[f"loss_r{r}"] = -sum(logprobs[i] for i in rows) / sum(counts[i] for i in rows) if rows else None
+    result["pref"] = preference_score([(e.prompt, e.rating, lp / n) for e, lp, n in zip(examples, logprobs, counts)])
+    return result
+
+
+def batch_indices(it, n_rows, batch_size, seed):
+    """Row indices of iteration it: consecutive slices of one seeded permutation per epoch. A pure function of
+    it, so a resumed run draws exactly the batches the uninterrupted run would have."""
+    start = it * batch_size
+    indices = []
+    while len(indices) < batch_size:
+        epoch, offset = divmod(start + len(indices), n_rows)
+        order = torch.randperm(n_rows, generator=torch.Generator().manual_seed(seed + epoch))
+        indices += order[offset:offset + batch_size - len(indices)].tolist()
+    return indices
+
+
+def lr_at(it, total_iters):
+    """Linear warm-up from learning_rate/warmup_iters (never 0), then cosine decay to learning_rate*min_lr_ratio."""
+    decay_iters = lr_decay_iters or total_iters
+    min_lr = learning_rate * min_lr_ratio
+    if it < warmup_iters:
+        return learning_rate * (it + 1) / warmup_iters
+    progress = min(1.0, (it - warmup_iters) / max(1, decay_iters - warmup_iters))
+    return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (learning_rate - min_lr)
+
+
+def training_loss(batch):
+    """The loss of one batch of Examples under rating_mode, and a dict of things worth logging."""
+    pairs = [join(e.prefix, e.prompt_ids, e.reply, max_seq_len)[:2] for e in batch]
+    x, y = collate(pairs, pad_id, run_device, pad_to)
+    with autocast:
+        logprobs, n_tokens = sequence_logprobs(model, x, y)
+    if rating_mode != "kto":
+        weights = torch.tensor([e.weight for e in batch], device=run_device)
+        return weighted_loss(logprobs, n_tokens, weights), {}
+    # kto: each prompt paired with the next row's response estimates the KL term
+    mismatched = [join(a.prefix, a.prompt_ids, b.reply, max_seq_len)[:2] for a, b in zip(batch, batch[1:] + batch[:1])]
+    xm, ym = collate(mismatched, pad_id, run_device, pad_to)
+    with torch.no_grad(), autocast:
+        ref_logprobs, _ = sequence_logprobs(reference, x, y)
+        kl_logprobs, _ = sequence_logprobs(model, xm, ym)
+        kl_ref_logprobs, _ = sequence_logprobs(reference, xm, ym)
+    desirable = torch.tensor([e.desirable for e in batch], device=run_device)
+    loss, z0 = kto_loss(logprobs, ref_logprobs, kl_logprobs, kl_ref_logprobs, desirable, kto_beta,
+                        kto_lambda_desirable, kto_lambda_undesirable)
+    return loss, {"z0": z0.item()}
+
+
+def rng_state():
+    return {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def write_checkpoint():
+    checkpoint = {
+        "kind": "finetune", "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
+        "model_config": dataclasses.asdict(model_config), "config": settings, "iter_num": iter_num,
+        "best_val_loss": best_val_loss, "tokenizer_path": "tokenizer.json", "tokenizer_sha256": tokenizer_sha,
+        "rng": rng_state(), "rating_mode": rating_mode, "template": template, "base_checkpoint": base_path,
+    }
+    if rating_mode == "kto":  # the frozen reference travels with the run, so a resume needs nothing else
+        checkpoint["reference_model"] = reference.state_dict()
+    save_checkpoint(checkpoint, os.path.join(out_dir, "ckpt.pt"))
+
+
+def log_evaluation(row):
+    path = os.path.join(out_dir, "log.csv")
+    new_file = not os.path.exists(path)
+    with open(path, "a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(row))
+        if new_file:
+            writer.writeheader()
+        writer.writerow(row)
+
+
+def fmt(value, digits=4):
+    return "" if value is None else f"{value:.{digits}f}"
+
+
+# -----------------------------------------------------------------------------
+if __name__ == "__main__":
+    settings = configure(globals(), json_sections=("finetuning",))
+    if rating_mode not in RATING_MODES:
+        raise SystemExit(f"rating_mode must be one of {', '.join(RATING_MODES)}, not '{rating_mode}'")
+    if not 1 <= min_rating <= 5:
+        raise SystemExit(f"min_rating must be 1 to 5, not {min_rating}")
+    if not 0 < val_fraction < 1:
+        raise SystemExit(f"val_fraction must be between 0 and 1, not {val_fraction}")
+    if dtype not in ("float32", "bfloat16"):
+        raise SystemExit(f"dtype must be 'float32' or 'bfloat16', not '{dtype}'")
+    run_device = pick_device(device)
+    device_type = run_device.split(":")[0]
+    autocast = torch.autocast(device_type, dtype=torch.bfloat16) if dtype == "bfloat16" else nullcontext()
+    torch.manual_seed(seed)
+    checkpoint_path = os.path.join(out_dir, "ckpt.pt")
+
+    # the data first, so that a bad file stops the run before anything is loaded
+    df = clean_rows(read_rows(data_path), data_path, skip_bad_rows)
+    train_df, val_df = split_by_prompt(df, val_fraction, seed, data_path)
+    train_df = training_rows(train_df, rating_mode, min_rating)
+    if len(train_df) == 0:
+        raise SystemExit(f"{data_path} leaves no training rows for rating_mode='{rating_mode}'"
+                         f"{f' with min_rating={min_rating}' if rating_mode == 'filter' else ''}; lower min_rating "
+                         f"or add rows")
+
+    # the starting weights: a pretrained run, or this run's own checkpoint when resuming
+    if init_from == "resume":
+        if not os.path.exists(checkpoint_path):
+            raise SystemExit(f"init_from='resume' but there is no {checkpoint_path}; start from a pretrained run "
+                             f"with init_from=out")
+        checkpoint = load_checkpoint(checkpoint_path, map_location=run_device)
+        if checkpoint.get("kind") != "finetune" or checkpoint["rating_mode"] != rating_mode:
+            raise SystemExit(f"{checkpoint_path} is not a fine-tuning run with rating_mode='{rating_mode}'; resume "
+                             f"with the settings it was started with")
+        base_path = checkpoint["base_checkpoint"]
+        tokenizer_path = check_tokenizer(checkpoint, checkpoint_path)
+    else:
+        base_path = resolve_init(init_from, out_dir)
+        checkpoint = load_checkpoint(base_path, map_location=run_device)
+        tokenizer_path = check_tokenizer(checkpoint, base_path)
+    tokenizer_sha = checkpoint["tokenizer_sha256"]
+    try:
+        tokenizer = Tokenizer.load(tokenizer_path)
+    except (ValueError, FileNotFoundError) as e:
+        raise SystemExit(str(e))
+    needed = [PROMPT, RESPONSE, END] + ([rating_token(r) for r in range(1, 6)] if rating_mode == "condition" else [])
+    absent = [t for t in needed if t not in tokenizer.special_tokens]
+    if absent:
+        raise SystemExit(f"the tokenizer {tokenizer_path} has no special token {', '.join(absent)}; pretrain with "
+                         f"this version of pretrain.py, which reserves them")
+    model_config = GPTConfig(**{**checkpoint["model_config"], "dropout": dropout})
+    if model_config.vocab_size != tokenizer.vocab_size:
+        raise SystemExit(f"{tokenizer_path} has {tokenizer.vocab_size} tokens but the checkpoint's vocab_size is "
+                         f"{model_config.vocab_size}; restore the run's own tokenizer")
+    max_seq_len = model_config.max_seq_len
+    pad_to = max_seq_len if compile else None
+    special = tokenizer.special_tokens
+    pad_id = special[END]  # padded positions have target -1, so what they hold never matters
+    template = {"prompt": PROMPT, "response": RESPONSE, "end": END,
+                "rating_token": rating_token(5) if rating_mode == "condition" else None}
+
+    # encode: prompt and response separately, the prompt cut from the left where a pair is too long
+    train_examples, n_cut, n_long = prepare(tokenizer, train_df, rating_mode, max_seq_len)
+    val_examples, val_cut, val_long = prepare(tokenizer, val_df, rating_mode, max_seq_len)
+    if n_cut + val_cut:
+        print(f"cut the prompt of {n_cut + val_cut} rows from the left to fit max_seq_len={max_seq_len}")
+    if n_long + val_long:
+        print(f"skipped {n_long + val_long} rows whose response alone does not fit max_seq_len={max_seq_len}")
+    if not train_examples or not val_examples:
+        raise SystemExit(f"{data_path} has too few rows that fit max_seq_len={max_seq_len} to train and validate")
+    sample_prefix = [special[rating_token(5)], special[PROMPT]] if rating_mode == "condition" else None
+    ratings = {r: sum(e.rating == r for e in train_examples) for r in range(1, 6)}
+    print(f"{len(df)} rows, {df['prompt'].nunique()} prompts: {len(train_examples)} rows for training (ratings "
+          f"{ratings}), {len(val_examples)} rows of {val_df['prompt'].nunique()} prompts held out; "
+          f"rating_mode={rating_mode}")
+
+    # model, optimizer, and in kto mode the frozen reference
+    model = GPT(model_config).to(run_device)
+    model.load_state_dict(checkpoint["model"])
+    if checkpoint.get("kind") == "pretrain":  # a fresh fine-tune: the template's tokens are new to the model
+        separate_new_tokens(model, [special[t] for t in [PROMPT, RESPONSE] + [rating_token(r) for r in range(1, 6)]
+                                    if t in special], seed)
+    reference = None
+    if rating_mode == "kto":
+        reference = copy.deepcopy(model).eval()  # the pretrained model, frozen
+        if init_from == "resume":
+            reference.load_state_dict(checkpoint["reference_model"])
+        reference.requires_grad_(False)
+    optimizer = model.configure_optimizer(weight_decay, learning_rate, (beta1, beta2), device_type)
+    total_iters = math.ceil(n_epochs * len(train_examples) / batch_size) if n_epochs > 0 else max_iters
+    iter_num, best_val_loss = 0, float("inf")
+    if init_from == "resume":
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        iter_num, best_val_loss = checkpoint["iter_num"], checkpoint["best_val_loss"]
+        torch.set_rng_state(checkpoint["rng"]["torch"].cpu())
+        if checkpoint["rng"]["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all([state.cpu() for state in checkpoint["rng"]["cuda"]])
+        print(f"resuming from {checkpoint_path} at iteration {iter_num}")
+    elif os.path.exists(os.path.join(out_dir, "log.csv")):
+        os.remove(os.path.join(out_dir, "log.csv"))  # a fresh run starts a fresh log
+    del checkpoint
+    start_iter = iter_num
+    os.makedirs(out_dir, exist_ok=True)
+    if init_from != "resume":
+        with open(tokenizer_path, "rb") as src, open(os.path.join(out_dir, "tokenizer.json"), "wb") as dst:
+            dst.write(src.read())
+    raw_model = model  # checkpoints hold the plain module's weights, never a compiled wrapper's
+    if compile:
+        model = torch.compile(model)
+
+    # Ctrl-C finishes the current step, saves and exits; a second Ctrl-C stops at once
+    stop_requested = False
+
+    def request_stop(signum, frame):
+        global stop_requested
+        if stop_requested:
+            raise KeyboardInterrupt
+        stop_requested = True
+    signal.signal(signal.SIGINT, request_stop)
+
+    progress = tqdm(total=total_iters, initial=iter_num, dynamic_ncols=True)
+    run_start, last_eval_iter, train_loss, first, metrics = time.time(), None, None, None, None
+    while True:
+        if (iter_num % eval_interval == 0 or iter_num >= total_iters) and iter_num != last_eval_iter:
+            if not (iter_num == start_iter and init_from == "resume"):  # the checkpoint already covers it
+                metrics = evaluate(model, val_examples, max_seq_len, pad_id, run_device, 2 * batch_size, autocast,
+                                   sample_prefix)
+                first = first or metrics
+                log_evaluation({"iter": iter_num, "epoch": f"{iter_num * batch_size / len(train_examples):.2f}",
+                                "train_loss": fmt(train_loss),
+                                **{f"val_loss_r{r}": fmt(metrics[f"loss_r{r}"]) for r in range(1, 6)},
+                                "pref_score": fmt(metrics["pref"], 3), "lr": f"{lr_at(max(iter_num - 1, 0), total_iters):.3e}",
+                                "elapsed_s": f"{time.time() - run_start:.1f}"})
+                progress.write(f"iter {iter_num}: val response loss by rating "
+                               f"{' '.join(fmt(metrics[f'loss_r{r}'], 3) or '-' for r in range(1, 6))}, "
+                               f"preference score {fmt(metrics['pref'], 3) or '-'}")
+                if metrics["loss_r5"] is not None:
+                    best_val_loss = min(best_val_loss, metrics["loss_r5"])
+                if iter_num > start_iter:
+                    write_checkpoint()
+            last_eval_iter = iter_num
+        if iter_num >= total_iters:
+            break
+
+        lr = lr_at(iter_num, total_iters)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        batch = [train_examples[i] for i in batch_indices(iter_num, len(train_examples), batch_size, seed)]
+        loss, extra = training_loss(batch)
+        if not math.isfinite(loss.item()):
+            raise SystemExit(f"the loss became {loss.item()} at iteration {iter_num}; stopped without saving, so "
+                             f"{checkpoint_path} keeps the last good state; lower learning_rate or set grad_clip")
+        loss.backward()
+        if grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        iter_num += 1
+        train_loss = loss.item() if train_loss is None else 0.9 * train_loss + 0.1 * loss.item()
+        progress.update(1)
+        progress.set_postfix(loss=f"{train_loss:.3f}", lr=f"{lr:.1e}", **{k: f"{v:.2f}" for k, v in extra.items()})
+        if stop_requested:
+            write_checkpoint()
+            progress.write(f"interrupted: saved {checkpoint_path} at iteration {iter_num}; continue with "
+                           f"--init_from=resume")
+            break
+    progress.close()
+    if not stop_requested:
+        last = metrics
+        summary = f"done in {time.time() - run_start:.0f}s; checkpoint {checkpoint_path}"
+        if first is not None and first is not last and first["loss_r5"] and last and last["loss_r5"]:
+            summary += (f"; rating-5 response loss {first['loss_r5']:.3f} -> {last['loss_r5']:.3f} "
+                        f"({1 - last['loss_r5'] / first['loss_r5']:.0%} lower), preference score "
+                        f"{fmt(first['pref'], 3)} -> {fmt(last['pref'], 3)}")
+        print(summary)

@@ -1,0 +1,377 @@
+"""
+A GPT language model, all of it in this one file, meant to be read from top to bottom:
+GPTConfig -> TokenEmbedding -> SinusoidalPositions -> LayerNorm -> CausalSelfAttention -> MLP -> Block -> GPT,
+then sampling, checkpoints and a peak-FLOPs probe. It imports only torch and the standard library.
+
+Shapes in comments: B batch, T sequence length, C = d_model, H heads, D = C // H head size, V vocabulary.
+"""
+
+import math
+import os
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+from torch.nn import functional as F
+
+
+@dataclass
+class GPTConfig:
+    vocab_size: int
+    d_model: int = 128       # width of the residual stream
+    n_heads: int = 4
+    n_layers: int = 4
+    d_ff: int = 512          # hidden width of the MLP, usually 4 * d_model
+    max_seq_len: int = 64    # context length: the longest sequence the model sees
+    dropout: float = 0.0     # 0 for short CPU runs (it costs time there); 0.1 against overfitting on small data
+    bias: bool = True        # biases in Linear layers and LayerNorms, as in GPT-2
+    attention: str = "sdpa"  # "sdpa": fused kernel, the default; "math": the explicit formula, same result
+
+    def __post_init__(self):
+        for name in ("vocab_size", "d_model", "n_heads", "n_layers", "d_ff", "max_seq_len"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, not {value!r}.")
+        if self.d_model % self.n_heads:
+            raise ValueError(f"d_model={self.d_model} must be divisible by n_heads={self.n_heads}.")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), not {self.dropout!r}.")
+        if self.attention not in ("sdpa", "math"):
+            raise ValueError(f"attention must be 'sdpa' or 'math', not {self.attention!r}.")
+
+
+class TokenEmbedding(nn.Module):
+    """A learned table with one row of d_model numbers per token id; the output head reuses it (weight tying)."""
+
+    def __init__(self, vocab_size, d_model):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(vocab_size, d_model))
+
+    def forward(self, idx):  # (B, T) int64 -> (B, T, C)
+        return F.embedding(idx, self.weight)  # row lookup, the same as one_hot(idx) @ weight but without the matmul
+
+
+class SinusoidalPositions(nn.Module):
+    """Fixed positional encoding of "Attention Is All You Need": position p, channel pair (2i, 2i+1) holds
+    sin(p / 10000^(2i/C)) and cos(p / 10000^(2i/C)). Nothing is learned, so it is a buffer, not a parameter.
+
+    It is added to token embeddings that start at std 0.02; at full amplitude (1) it would drown them and the
+    model learns slowly. Validation loss on tinyshakespeare characters after 800 steps at nanoGPT's CPU shape:
+    2.79 nats/char at scale 1, 2.46 at 0.3, 2.04 at 0.1, 2.14 at 0.03 (learned positions: 2.07). So forward()
+    returns it times scale."""
+
+    def __init__(self, max_seq_len, d_model, scale=0.1):
+        super().__init__()
+        position = torch.arange(max_seq_len, dtype=torch.float32).unsqueeze(1)             # (L, 1)
+        inv_freq = torch.exp(torch.arange(0, d_model, 2) * (-math.log(10000.0) / d_model))  # (ceil(C/2),)
+        table = torch.zeros(max_seq_len, d_model)
+        table[:, 0::2] = torch.sin(position * inv_freq)
+        table[:, 1::2] = torch.cos(position * inv_freq[: d_model // 2])  # an odd d_model has one cosine less
+        # persistent=False: moves with .to(device) but stays out of state_dict, since it is rebuilt from the config
+        self.register_buffer("table", table, persistent=False)
+        self.scale = scale
+
+    def forward(self, start, length):  # -> (length, C) for positions start .. start+length-1
+        return self.scale * self.table[start:start + length]
+
+
+class LayerNorm(nn.Module):
+    """Normalise each vector to mean 0 and variance 1 over its C channels, then scale and shift (learned).
+    forward() calls the fused F.layer_norm (one kernel instead of about eight, and much faster backward);
+    reference() spells out the same formula and the tests check that the two agree."""
+
+    def __init__(self, d_model, bias=True, eps=1e-5):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(d_model))
+        self.bias = nn.Parameter(torch.zeros(d_model)) if bias else None
+        self.eps = eps
+
+    def forward(self, x):
+        return F.layer_norm(x, self.weight.shape, self.weight, self.bias, self.eps)
+
+    def reference(self, x):
+        mean = x.mean(dim=-1, keepdim=True)
+        var = ((x - mean) ** 2).mean(dim=-1, keepdim=True)  # biased: divide by C, not C - 1
+        y = (x - mean) / torch.sqrt(var + self.eps)           # eps inside the square root
+        return y * self.weight + self.bias if self.bias is not None else y * self.weight
+
+
+def causal_mask(t_q, t_k, device=None):
+    """(t_q, t_k) bools, True where a query may look. The t_q queries are the last t_q of the t_k positions
+    (with a KV cache the earlier keys are cached), so query i sits at position t_k - t_q + i and sees keys
+    0 .. t_k - t_q + i: a lower triangle shifted right by t_k - t_q."""
+    return torch.ones(t_q, t_k, dtype=torch.bool, device=device).tril(diagonal=t_k - t_q)
+
+
+class KVCache:
+    """Keys and values of every layer for the tokens already processed, so that generating one more token
+    only computes that token. Storage for max_seq_len positions is allocated on first use (in the dtype the
+    layers produce), and positions 0 .. pos-1 are filled."""
+
+    def __init__(self, n_layers, max_seq_len):
+        self.keys, self.values = [None] * n_layers, [None] * n_layers
+        self.max_seq_len, self.pos = max_seq_len, 0
+
+    def update(self, layer, k, v):
+        """Store k, v (B, H, T, D) at positions pos .. pos+T-1; return all keys and values so far (B, H, pos+T, D).
+        GPT.forward advances pos once every layer has been through."""
+        if self.keys[layer] is None:
+            B, H, _, D = k.shape
+            self.keys[layer] = k.new_empty(B, H, self.max_seq_len, D)
+            self.values[layer] = v.new_empty(B, H, self.max_seq_len, D)
+        end = self.pos + k.size(2)
+        self.keys[layer][:, :, self.pos:end] = k
+        self.values[layer][:, :, self.pos:end] = v
+        return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
+
+
+class CausalSelfAttention(nn.Module):
+    """Every position mixes the values of itself and the positions before it, weighted by how well its query
+    matches their keys; n_heads heads do this side by side on D = C / n_heads channels each."""
+
+    def __init__(self, config, layer):
+        super().__init__()
+        self.n_heads, self.layer, self.dropout = config.n_heads, layer, config.dropout
+        self.use_sdpa = config.attention == "sdpa"
+        self.qkv = nn.Linear(config.d_model, 3 * config.d_model, bias=config.bias)  # q, k, v in one matmul
+        self.proj = nn.Linear(config.d_model, config.d_model, bias=config.bias)     # mixes the heads back
+        self.attn_drop = nn.Dropout(config.dropout)   # only the math path uses it; sdpa takes dropout_p
+        self.resid_drop = nn.Dropout(config.dropout)
+
+    def forward(self, x, cache=None):
+        B, T, C = x.shape
+        # (B, T, 3C) -> (B, T, 3, H, D) -> three (B, H, T, D) views, no copies
+        q, k, v = self.qkv(x).view(B, T, 3, self.n_heads, C // self.n_heads).permute(2, 0, 3, 1, 4).unbind(0)
+        if cache is not None:
+            k, v = cache.update(self.layer, k, v)  # (B, H, T_k, D): the cached positions, then these T
+        T_k = k.size(2)
+        if self.use_sdpa:
+            # is_causal assumes T_q == T_k (its triangle starts at the top left), so a cache needs the shifted mask;
+            # a single new query may look at every cached key, so it needs none
+            mask = None if T in (1, T_k) else causal_mask(T, T_k, x.device)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and T > 1,
+                                               dropout_p=self.dropout if self.training else 0.0)
+        else:
+            att = (q @ k.transpose(-2, -1)) / math.sqrt(k.size(-1))             # (B, H, T, T_k) similarities
+            att = att.masked_fill(~causal_mask(T, T_k, x.device), float("-inf"))  # no looking ahead
+            att = self.attn_drop(F.softmax(att, dim=-1))                          # each row sums to 1
+            y = att @ v                                                           # (B, H, T, D)
+        y = y.transpose(1, 2).reshape(B, T, C)  # heads side by side again
+        return self.resid_drop(self.proj(y))
+
+
+class MLP(nn.Module):
+    """Position-wise feed-forward network: widen to d_ff, GELU, project back to d_model."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.fc = nn.Linear(config.d_model, config.d_ff, bias=config.bias)
+        self.proj = nn.Linear(config.d_ff, config.d_model, bias=config.bias)
+        self.drop = nn.Dropout(config.dropout)
+
+    def forward(self, x):
+        # the exact (erf) GELU; GPT-2 used the tanh approximation, which is 2x slower forward and backward on CPU
+        return self.drop(self.proj(F.gelu(self.fc(x))))
+
+
+class Block(nn.Module):
+    """One transformer layer, pre-LayerNorm: each sublayer reads a normalised copy of the residual stream
+    and adds its result back, so the stream itself is never normalised and gradients flow straight through."""
+
+    def __init__(self, config, layer):
+        super().__init__()
+        self.ln1 = LayerNorm(config.d_model, config.bias)
+        self.attn = CausalSelfAttention(config, layer)
+        self.ln2 = LayerNorm(config.d_model, config.bias)
+        self.mlp = MLP(config)
+
+    def forward(self, x, cache=None):
+        x = x + self.attn(self.ln1(x), cache)
+        return x + self.mlp(self.ln2(x))
+
+
+class GPT(nn.Module):
+    """Token embedding + positions -> n_layers Blocks -> final LayerNorm -> logits over the vocabulary."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.tok_emb = TokenEmbedding(config.vocab_size, config.d_model)
+        self.pos_enc = SinusoidalPositions(config.max_seq_len, config.d_model)
+        self.drop = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList([Block(config, layer) for layer in range(config.n_layers)])
+        self.ln_f = LayerNorm(config.d_model, config.bias)
+        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        # weight tying: the head scores a hidden vector against every token's embedding; one tensor, two uses
+        self.lm_head.weight = self.tok_emb.weight
+
+        # GPT-2 initialisation: N(0, 0.02) for matrices, zero biases; the projections that write into the
+        # residual stream get 0.02 / sqrt(2 * n_layers), so the stream's variance stays put as layers add up
+        for name, p in self.named_parameters():
+            if p.dim() >= 2:
+                std = 0.02 / math.sqrt(2 * config.n_layers) if name.endswith("proj.weight") else 0.02
+                nn.init.normal_(p, mean=0.0, std=std)
+            elif name.endswith("bias"):
+                nn.init.zeros_(p)
+
+    def hidden_states(self, idx, cache=None):
+        """(B, T) token ids -> (B, T, C) after the final LayerNorm. With a cache, idx continues the cached
+        tokens, so its positions start at cache.pos."""
+        B, T = idx.shape
+        start = cache.pos if cache is not None else 0
+        if start + T > self.config.max_seq_len:
+            raise ValueError(f"a sequence of {start + T} tokens is longer than max_seq_len={self.config.max_seq_len}; "
+                             f"keep its last {self.config.max_seq_len} tokens.")
+        x = self.drop(self.tok_emb(idx) + self.pos_enc(start, T))  # (B, T, C) + (T, C) broadcasts over B
+        for block in self.blocks:
+            x = block(x, cache)
+        if cache is not None:
+            cache.pos += T
+        return self.ln_f(x)
+
+    def forward(self, idx, targets=None, cache=None):
+        """Logits (B, T, V) for the token after each position, and the mean cross-entropy against targets
+        (B, T) if given; targets equal to -1 are ignored."""
+        logits = self.lm_head(self.hidden_states(idx, cache))
+        if targets is None:
+            return logits, None
+        return logits, F.cross_entropy(logits.flatten(0, 1), targets.reshape(-1), ignore_index=-1)
+
+    @torch.no_grad()
+    def generate_stream(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, stop_token=None,
+                        use_cache=True):
+        """Continue idx (B, T) by up to max_new_tokens tokens, yielding each step's (B, 1) tokens as they come.
+
+        The model sees at most max_seq_len tokens, always the last ones. Positions are absolute, so when the
+        window slides every cached key is at the wrong position: the window then jumps to the last
+        max_seq_len // 2 tokens and the cache is refilled from them in one pass (about one extra forward
+        token per generated token). use_cache=False recomputes the same window at every step, so both give the
+        same tokens under the same seed. With stop_token, a row that has produced it keeps repeating it, and
+        generation ends once every row has. The model is in eval mode while this runs, then back as it was."""
+        if idx.size(1) == 0:
+            raise ValueError("idx must hold at least one token to continue from.")
+        if temperature < 0 or (top_k is not None and top_k < 1) or (top_p is not None and not 0 < top_p <= 1):
+            raise ValueError("temperature must be >= 0, top_k >= 1 and top_p in (0, 1].")
+        L = self.config.max_seq_len
+        keep = max(1, L // 2)
+        was_training = self.training
+        self.eval()
+        try:
+            tokens = idx
+            start = max(0, idx.size(1) - L)  # the model's context is tokens[:, start:]
+            cache = KVCache(self.config.n_layers, L) if use_cache else None
+            cached_from = start              # the cache holds tokens[:, cached_from : cached_from + cache.pos]
+            finished = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)
+            for _ in range(max_new_tokens):
+                if tokens.size(1) - start > L:
+                    start = tokens.size(1) - keep
+                if cache is None:
+                    x = self.hidden_states(tokens[:, start:])
+                else:
+                    if start != cached_from:  # the window slid: refill the cache from the new start
+                        cache.pos, cached_from = 0, start
+                    x = self.hidden_states(tokens[:, cached_from + cache.pos:], cache)  # only uncached tokens
+                logits = self.lm_head(x[:, -1]).float()  # (B, V) for the next token only
+                next_token = sample_next_token(logits, temperature, top_k, top_p)  # (B, 1)
+                if stop_token is not None:
+                    next_token = next_token.masked_fill(finished.unsqueeze(1), stop_token)
+                    finished |= next_token.squeeze(1) == stop_token
+                tokens = torch.cat((tokens, next_token), dim=1)
+                yield next_token
+                if stop_token is not None and finished.all():
+                    break
+        finally:
+            self.train(was_training)
+
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, stop_token=None,
+                 use_cache=True):
+        """idx (B, T) followed by the generated tokens, (B, T + n) with n <= max_new_tokens; see generate_stream."""
+        steps = self.generate_stream(idx, max_new_tokens, temperature, top_k, top_p, stop_token, use_cache)
+        return torch.cat([idx, *steps], dim=1)
+
+    def num_params(self):
+        """Number of learned numbers; the tied embedding counts once and the positional table is not learned."""
+        return sum(p.numel() for p in self.parameters())
+
+    def flops_per_token(self):
+        """Training FLOPs per token as nanoGPT counts them: 6 per parameter (2 forward, 4 backward) plus the
+        attention scores and weighted sums, 12 * n_layers * max_seq_len * d_model."""
+        c = self.config
+        return 6 * self.num_params() + 12 * c.n_layers * c.max_seq_len * c.d_model
+
+    def estimate_mfu(self, tokens_per_sec, peak_flops):
+        """Model FLOPs utilisation: the fraction of peak_flops (FLOP/s, see measure_peak_flops) that training
+        at tokens_per_sec would use."""
+        return self.flops_per_token() * tokens_per_sec / peak_flops
+
+    def configure_optimizer(self, weight_decay, learning_rate, betas, device_type):
+        """AdamW with weight decay on matrices (embedding, Linear weights) only; biases and LayerNorm gains
+        are left alone, since shrinking them towards 0 does not regularise anything useful."""
+        params = [p for p in self.parameters() if p.requires_grad]
+        groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+                  {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+        # the fused kernel updates every tensor in one pass: on CPU 0.5 ms a step instead of 3.2 ms (foreach) at
+        # nanoGPT's CPU shape, 7 ms instead of 39 ms at 6 layers of 384
+        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=device_type in ("cuda", "cpu"))
+
+
+def sample_next_token(logits, temperature=1.0, top_k=None, top_p=None):
+    """Draw one token id per row from logits (B, V) -> (B, 1). temperature 0 takes the most likely token;
+    top_k keeps the k most likely (k is clamped to V); top_p keeps the smallest set of most likely tokens
+    whose probabilities add up to at least top_p (the nucleus)."""
+    if temperature == 0:
+        return logits.argmax(dim=-1, keepdim=True)
+    logits = logits / temperature
+    if top_k is not None and top_k < logits.size(-1):
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1) the k-th largest logit
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = F.softmax(logits, dim=-1)
+    if top_p is not None and top_p < 1.0:
+        sorted_probs, order = probs.sort(dim=-1, descending=True)
+        # drop a token when the more likely tokens before it already reach top_p; the first one always stays
+        drop = sorted_probs.cumsum(dim=-1) - sorted_probs >= top_p
+        probs = probs.scatter(-1, order, sorted_probs.masked_fill(drop, 0.0))
+    return torch.multinomial(probs, num_samples=1)
+
+
+def save_checkpoint(checkpoint, path):
+    """torch.save checkpoint to path atomically: write path + '.tmp', flush it to disk, then rename, so a
+    crash while saving leaves the previous checkpoint intact."""
+    model_state = checkpoint.get("model", {}) if isinstance(checkpoint, dict) else {}
+    if any(key.startswith("_orig_mod.") for key in model_state):
+        raise ValueError("the model state_dict comes from a torch.compile wrapper; save model._orig_mod.state_dict().")
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp_path = path + ".tmp"
+    with open(tmp_path, "wb") as f:
+        torch.save(checkpoint, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp_path, path)
+
+
+def load_checkpoint(path, map_location="cpu"):
+    """Load a checkpoint saved by save_checkpoint. weights_only=True unpickles only tensors and plain
+    containers, numbers and strings, so a checkpoint from elsewhere cannot run code on load."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no checkpoint at {path}; train one with `python pretrain.py`.")
+    return torch.load(path, map_location=map_location, weights_only=True)
+
+
+def measure_peak_flops(device="cpu", dtype=torch.float32):
+    """FLOP/s of large square matmuls on device in dtype (median of five, after one to warm up): the ceiling
+    that MFU is measured against. Takes well under a second."""
+    device = torch.device(device)
+    n = 1536 if device.type == "cpu" else 8192
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    sync = torch.cuda.synchronize if device.type == "cuda" else torch.mps.synchronize if device.type == "mps" else None
+    times = []
+    for _ in range(6):
+        if sync:
+            sync()
+        t0 = time.perf_counter()
+        a @ b
+        if sync:
+            sync()  # GPU work is asynchronous: wait for it before reading the clock
+        times.append(time.perf_counter() - t0)
+    return 2 * n ** 3 / sorted(times[1:])[2]

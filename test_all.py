@@ -1,0 +1,1263 @@
+"""
+The project's specification, as tests: python -m pytest -q test_all.py (CPU, a few minutes on 2 cores).
+
+Sections: the tokenizer (bpe.py), the model (model.py), settings, pretraining and sampling (configurator.py,
+pretrain.py, sample.py, run end to end as a user would), and fine-tuning (finetune.py). Speed and memory
+are measured in bench.py, never here.
+"""
+import array
+import csv
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from bpe import Tokenizer
+from configurator import configure
+from model import (GPT, GPTConfig, KVCache, LayerNorm, SinusoidalPositions, load_checkpoint, measure_peak_flops,
+                   sample_next_token, save_checkpoint)
+from model import GPT, GPTConfig, load_checkpoint, save_checkpoint
+import finetune
+
+REPO = os.path.dirname(os.path.abspath(__file__))
+SPECIAL_TOKENS = ["<|endoftext|>", "<|prompt|>", "<|response|>"] + [f"<|rating_{r}|>" for r in range(1, 6)]  # as pretrain.py trains them
+
+
+# ====================================================================================================
+# tokenizer: bpe.py
+# ====================================================================================================
+
+BPE_TRICKY = [
+    "", " ", "a", "\n", "\r\n", "\r\n\r\n", "\t\tx\t", "   ", " " * 100 + "x", "x" + " " * 100, "\n" * 50,
+    "Hello, world! It's 12345 o'clock; we'LL see... don't you?", "snake_case __dunder__ _x x_",
+    "naïve café, résumé", "e\u0301 a\u0300\u0323 Z\u0351\u0352\u0353",  # combining marks
+    "Привет, мир", "こんにちは世界", "中文字符，标点。", "مرحبا بالعالم", "שלום", "हिन्दी", "ภาษาไทย", "한국어 텍스트",
+    "😀", "👍🏽", "👨\u200d👩\u200d👧\u200d👦", "🏳️\u200d🌈", "🇯🇵🇺🇸", "a😀b 😀😀😀",  # ZWJ sequences, flags
+    "\x00\x01\x7f\x80\xff", "\ufeffBOM", "\u2028\u2029\x85\x0b\x0c", "𝔘𝔫𝔦𝔠𝔬𝔡𝔢 \U0010ffff \U000e0001",
+    "<|endoftext|>", "a<|endoftext|>b", "<|endoftext", "<|endoftext|><|endoftext|>", "<|im_start|>",
+    "123 1234 12345 ١٢٣٤ ²³", "aaaa aaa aa a", "'s 'S 'll 'LL 're", "    def f(x):\n        return x\n",
+]
+
+
+def _bpe_text(n_words, seed):
+    """Real-looking text from a fixed-seed word generator: Zipf-like word frequencies, capitals,
+    punctuation, contractions, numbers, a little non-ASCII, newlines and indentation."""
+    rng = random.Random(seed)
+    sylls = ["th", "e", "an", "re", "qu", "ing", "o", "st", "ly", "ou", "x", "ed", "a", "ch", "ll", "é", "ß", "aa"]
+    words = ["".join(rng.choice(sylls) for _ in range(rng.randint(1, 4))) for _ in range(500)]
+    weights = [1 / (k + 1) for k in range(len(words))]
+    out = []
+    for w in rng.choices(words, weights, k=n_words):
+        r = rng.random()
+        if r < 0.05:
+            w = w.capitalize()
+        elif r < 0.08:
+            w = str(rng.randint(0, 10 ** rng.randint(1, 7)))
+        elif r < 0.10:
+            w += rng.choice(["'s", "'ll", "n't", "'RE"])
+        out.append(w)
+        out.append(rng.choices([" ", ", ", ". ", "!\n", "\n\n", ":\n    ", "  ", " — ", "\r\n"], [60, 8, 8, 2, 2, 1, 1, 1, 1])[0])
+    return "".join(out)
+
+
+def _bpe_random_unicode(rng, n):
+    """n random characters that UTF-8 can encode, weighted toward ASCII, whitespace and multi-byte."""
+    out = []
+    for _ in range(n):
+        r = rng.random()
+        if r < 0.3:
+            out.append(chr(rng.randrange(32, 127)))
+        elif r < 0.4:
+            out.append(rng.choice(" \t\n\r\x0b\x0c\x85\xa0\u2028\u3000"))
+        elif r < 0.6:
+            out.append(chr(rng.randrange(0x80, 0x800)))
+        else:
+            c = rng.randrange(0x800, 0x110000)
+            out.append(chr(c) if not 0xD800 <= c < 0xE000 else "x")  # surrogates cannot be UTF-8
+    return "".join(out)
+
+
+def _bpe_reference_bpe(ranks, seq):
+    """The plain definition: merge every occurrence of the lowest-ranked pair, left to right, until none has a rank."""
+    seq = list(seq)
+    while len(seq) > 1:
+        best = min(zip(seq, seq[1:]), key=lambda p: ranks.get(p, float("inf")))
+        if best not in ranks:
+            break
+        out, i = [], 0
+        while i < len(seq):
+            if i + 1 < len(seq) and (seq[i], seq[i + 1]) == best:
+                out.append(256 + ranks[best])
+                i += 2
+            else:
+                out.append(seq[i])
+                i += 1
+        seq = out
+    return seq
+
+
+def _bpe_reference_encode(tok, text):
+    ranks = {pair: r for r, pair in enumerate(tok.merges)}
+    return [i for chunk in re.findall(tok.pattern, text) for i in _bpe_reference_bpe(ranks, chunk.encode("utf-8"))]
+
+
+def _bpe_reference_train(text, n_merges, pattern):
+    """The plain trainer: recount every pair of every chunk for each merge (as many times as a left-to-right
+    merge would replace it), take the highest count, ties to the smallest pair."""
+    chunks = {}
+    for c in re.findall(pattern, text):
+        chunks[c] = chunks.get(c, 0) + 1
+    seqs = [(list(c.encode("utf-8")), f) for c, f in chunks.items()]
+    merges = []
+    for r in range(n_merges):
+        counts = {}
+        for seq, f in seqs:
+            for p in set(zip(seq, seq[1:])):
+                n, i = 0, 0  # count the occurrences a left-to-right merge replaces: "aaa" holds (a, a) once
+                while i < len(seq) - 1:
+                    if (seq[i], seq[i + 1]) == p:
+                        n, i = n + 1, i + 2
+                    else:
+                        i += 1
+                counts[p] = counts.get(p, 0) + n * f
+        if not counts:
+            break
+        best = min(counts, key=lambda p: (-counts[p], p))
+        merges.append(best)
+        for k, (seq, f) in enumerate(seqs):
+            out, i = [], 0
+            while i < len(seq):
+                if i + 1 < len(seq) and (seq[i], seq[i + 1]) == best:
+                    out.append(256 + r)
+                    i += 2
+                else:
+                    out.append(seq[i])
+                    i += 1
+            seqs[k] = (out, f)
+    return merges
+
+
+def test_bpe_split_pattern_covers_every_character():
+    pattern = Tokenizer().pattern
+    rng = random.Random(0)
+    for s in BPE_TRICKY + [_bpe_random_unicode(rng, 2000) for _ in range(20)] + [_bpe_text(2000, 1)]:
+        assert "".join(re.findall(pattern, s)) == s
+
+
+def test_bpe_split_pattern_chunks():
+    found = re.findall(Tokenizer().pattern, "Hello world's  12345 x_y!!\n\n  foo\r\nbar\t é")
+    assert found == ["Hello", " world", "'s", " ", " ", "123", "45", " x", "_y", "!!\n\n", " ", " foo", "\r\n", "bar", "\t", " é"]
+
+
+def test_bpe_first_merges_by_hand():
+    # chunks "ab", " ab", " ab", " abc": (a, b) occurs 4 times, then (" ", ab) 3 times, then (" ab", c) once; nothing is left after
+    tok = Tokenizer.train("ab ab ab abc", vocab_size=300)
+    assert tok.merges == [(97, 98), (32, 256), (257, 99)] and tok.vocab_size == 259
+    # ties go to the smallest pair: (" ", a), (a, b), (b, a) all occur once
+    assert Tokenizer.train("ba ab", vocab_size=259).merges == [(32, 97), (98, 97), (256, 98)]
+    # "aaaa" holds (a, a) twice, as merging replaces it, not three times: it ties with (" ", b) and (b, c) and loses to the smaller pair
+    assert Tokenizer.train("aaaa bc bc", vocab_size=258).merges == [(32, 98), (97, 97)]
+    assert Tokenizer.train("", vocab_size=300).merges == [] and Tokenizer.train("x", 300, ["<|endoftext|>"]).vocab_size == 257
+
+
+def test_bpe_training_matches_reference_trainer():
+    rng = random.Random(3)
+    texts = [_bpe_text(1500, 2), "".join(rng.choice(["ab", "ba", "a", "b", " ", "abab", "c", "cc", "aaa\n"]) for _ in range(2000)),
+             _bpe_random_unicode(rng, 1500) * 2]
+    for text in texts:
+        tok = Tokenizer.train(text, vocab_size=256 + 120)
+        assert tok.merges == _bpe_reference_train(text, 120, tok.pattern)
+
+
+def test_bpe_training_is_deterministic(tmp_path):
+    text = _bpe_text(20000, 4)
+    merges = Tokenizer.train(text, vocab_size=800, special_tokens=["<|endoftext|>"]).merges
+    assert Tokenizer.train(text, vocab_size=800, special_tokens=["<|endoftext|>"]).merges == merges
+    # across processes too, whatever str hashing (and so set and dict order) they use
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); from bpe import Tokenizer; "
+            "print(Tokenizer.train(open(sys.argv[2], encoding='utf-8', newline='').read(), 800, ['<|endoftext|>']).merges)")
+    bpe_dir = os.path.dirname(os.path.abspath(sys.modules[Tokenizer.__module__].__file__))
+    path = str(tmp_path / "text.txt")
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        f.write(text)
+    for seed in ("1", "2"):
+        out = subprocess.run([sys.executable, "-c", code, bpe_dir, path], env=dict(os.environ, PYTHONHASHSEED=seed),
+                             capture_output=True, text=True, check=True).stdout
+        assert out.strip() == str(merges)
+
+
+def test_tokenizer_vocab_ids():
+    tok = Tokenizer.train(_bpe_text(5000, 5), vocab_size=500, special_tokens=["<|endoftext|>", "<|pad|>"])
+    assert tok.vocab_size == 500 == 256 + len(tok.merges) + 2
+    assert tok.special_tokens == {"<|endoftext|>": 498, "<|pad|>": 499}
+    assert all(a < 256 + r and b < 256 + r for r, (a, b) in enumerate(tok.merges))
+    with pytest.raises(ValueError):
+        Tokenizer.train("abc", vocab_size=256, special_tokens=["<|endoftext|>"])
+    with pytest.raises(ValueError):
+        Tokenizer.train("abc", vocab_size=300, special_tokens=["<|x|>", "<|x|>"])
+
+
+def test_tokenizer_round_trip_tricky_strings():
+    toks = [Tokenizer(), Tokenizer.train(_bpe_text(20000, 6) + "".join(BPE_TRICKY), vocab_size=1000, special_tokens=["<|endoftext|>"])]
+    for tok in toks:
+        for s in BPE_TRICKY + ["".join(BPE_TRICKY)]:
+            ids = tok.encode(s)
+            assert tok.decode(ids) == s
+            assert all(type(i) is int and 0 <= i < tok.vocab_size for i in ids)
+        assert tok.encode("") == []
+        with pytest.raises(UnicodeEncodeError):
+            tok.encode("a\ud800b")  # a lone surrogate has no UTF-8 bytes: an error, never silently dropped
+
+
+def test_tokenizer_round_trip_random_unicode():
+    rng = random.Random(7)
+    tok = Tokenizer.train(_bpe_random_unicode(rng, 20000) + _bpe_text(5000, 7), vocab_size=1200)
+    for _ in range(30):
+        s = _bpe_random_unicode(rng, rng.randint(0, 500))
+        assert tok.decode(tok.encode(s)) == s
+
+
+def test_bpe_encode_matches_reference_encoder():
+    rng = random.Random(8)
+    train_texts = [_bpe_text(20000, 8), _bpe_random_unicode(rng, 10000) * 3,
+                   "".join(rng.choice(["a", "aa", "ab", "b", " ", "ba", "aaa"]) for _ in range(5000))]
+    tests = [_bpe_text(3000, 9), _bpe_random_unicode(rng, 3000), "".join(BPE_TRICKY),
+             "".join(rng.choice(["a", "aa", "ab", "b", " ", "ba", "aaaaa"]) for _ in range(2000))]
+    for text in train_texts:
+        tok = Tokenizer.train(text, vocab_size=900)
+        small_cache = Tokenizer(tok.merges, cache_size=50)  # starts its cache over again and again
+        for s in tests + [text[:3000]]:
+            assert tok.encode(s) == _bpe_reference_encode(tok, s)
+            assert tok.encode(s) == _bpe_reference_encode(tok, s)  # again, from the cache
+            assert small_cache.encode(s) == tok.encode(s)
+
+
+def test_bpe_trained_tokens_are_what_bpe_makes_of_their_bytes():
+    # why the fast path (a chunk whose bytes are one token is that token) is exact for trained merges
+    rng = random.Random(18)
+    for text in [_bpe_text(5000, 18), "".join(rng.choice(["ab", "ba", "a", "b", " ", "abab", "aaa", "c"]) for _ in range(3000))]:
+        tok = Tokenizer.train(text, vocab_size=700)
+        ranks, vocab = {pair: r for r, pair in enumerate(tok.merges)}, [bytes([i]) for i in range(256)]
+        for a, b in tok.merges:
+            vocab.append(vocab[a] + vocab[b])
+            assert _bpe_reference_bpe(ranks, vocab[-1]) == [len(vocab) - 1]
+
+
+def test_bpe_fast_path_only_for_tokens_bpe_reaches():
+    # "abc" is token 258 = (ab, c), but BPE on the bytes "abc" merges (b, c) first and stops at [a, bc]
+    tok = Tokenizer([(98, 99), (97, 98), (257, 99)])
+    assert tok.encode("abc") == [97, 256] == _bpe_reference_encode(tok, "abc")
+    assert tok.decode([258]) == "abc"
+
+
+def test_bpe_encode_with_any_merge_list_matches_reference_encoder():
+    # merge lists that train() would not make: tokens BPE never reaches, tokens with the same bytes as another
+    # (so the fast path, and "a chunk it does not catch stops at 2 tokens", are checked on them), non-ASCII text
+    rng = random.Random(19)
+    text = "".join(rng.choice(["ab", "ba", "abc", " a", " b", "c", "aa", "é", "\n", "bb "]) for _ in range(3000))
+    for _ in range(5):
+        merges = []
+        while len(merges) < 150:
+            ids = [*b" abc\n\xc3\xa9", *range(256, 256 + len(merges))]
+            pair = (rng.choice(ids), rng.choice(ids))
+            if pair not in merges:
+                merges.append(pair)
+        tok = Tokenizer(merges)
+        for s in (text[:2000], "".join(BPE_TRICKY), _bpe_random_unicode(rng, 300)):
+            assert tok.encode(s) == _bpe_reference_encode(tok, s)
+
+
+def test_bpe_ascii_split_matches_split_pattern():
+    # ASCII text is split with a twin of the pattern written with ASCII classes; it must cut exactly the same
+    from bpe import _ASCII_SPLIT_PATTERN, SPLIT_PATTERN
+    full, ascii_ = re.compile(SPLIT_PATTERN), re.compile(_ASCII_SPLIT_PATTERN)
+    chars = [chr(i) for i in range(128)]
+    tricky = " \t\n\r\x0b\x0c\x1c\x1f'_aslLSVR1,!\x00\x7f"
+    rng = random.Random(20)
+    texts = chars + [a + b for a in chars for b in chars] + [a + b + c for a in tricky for b in tricky for c in tricky]
+    texts += ["".join(rng.choice(tricky + "".join(chars)) for _ in range(rng.randint(0, 300))) for _ in range(300)]
+    texts += [_bpe_text(3000, 20).encode("ascii", "ignore").decode(), "".join(s for s in BPE_TRICKY if s.isascii())]
+    for s in texts:
+        assert ascii_.findall(s) == full.findall(s), repr(s)
+
+
+def test_bpe_ids_in_the_surrogate_range():
+    # inside, ids are characters, and 55296..57343 are the surrogates there: they must pass through
+    text = "שלום עולם"
+    used = sorted({p for w in re.findall(Tokenizer().pattern, text) for p in zip(w.encode(), w.encode()[1:])})
+    filler = [(a, b) for a in range(256) for b in range(256) if (a, b) not in used][:55100]
+    tok = Tokenizer(filler + used)
+    ids = tok.encode(text)
+    assert any(0xD800 <= i < 0xE000 for i in ids) and ids == _bpe_reference_encode(tok, text) and tok.decode(ids) == text
+
+
+def test_tokenizer_save_load_round_trip(tmp_path):
+    tok = Tokenizer.train(_bpe_text(20000, 10), vocab_size=700, special_tokens=["<|endoftext|>", "<|im_end|>"])
+    path = str(tmp_path / "tok.json")
+    tok.save(path)
+    with open(path, encoding="utf-8") as f:
+        data = json.load(f)
+    assert data["format"] == "bpe.py tokenizer" and data["version"] == 1 and data["pattern"] == tok.pattern
+    assert data["merges"][0] == list(tok.merges[0]) and data["special_tokens"] == tok.special_tokens
+    tok2 = Tokenizer.load(path)
+    assert (tok2.merges, tok2.special_tokens, tok2.pattern, tok2.vocab_size) == (tok.merges, tok.special_tokens, tok.pattern, 700)
+    s = _bpe_text(2000, 11) + "<|endoftext|>" + "".join(BPE_TRICKY)
+    assert tok2.encode(s, allowed_special="all") == tok.encode(s, allowed_special="all")
+    Tokenizer().save(path)
+    assert Tokenizer.load(path).vocab_size == 256
+
+
+def test_tokenizer_special_tokens_only_when_allowed():
+    tok = Tokenizer.train(_bpe_text(10000, 12), vocab_size=600, special_tokens=["<|endoftext|>", "<|endoftext|>x"])
+    eot, eotx = tok.special_tokens["<|endoftext|>"], tok.special_tokens["<|endoftext|>x"]
+    s = "hello <|endoftext|>world<|endoftext|>x"
+    plain = tok.encode(s)
+    assert eot not in plain and eotx not in plain and tok.decode(plain) == s
+    assert tok.encode(s, allowed_special={"<|endoftext|>"}) == tok.encode("hello ") + [eot] + tok.encode("world") + [eot] + tok.encode("x")
+    assert tok.encode(s, allowed_special="all") == tok.encode("hello ") + [eot] + tok.encode("world") + [eotx]
+    assert tok.decode(tok.encode(s, allowed_special="all")) == s
+    with pytest.raises(ValueError):
+        tok.encode(s, allowed_special={"<|unknown|>"})
+
+
+def test_tokenizer_ordinary_text_never_decodes_to_special():
+    special = "<|endoftext|>"
+    rng = random.Random(13)
+    # train on text full of pieces of the special token, so that merges for them exist
+    text = _bpe_text(20000, 13).replace(" ", " <|endoftext ", 300) + "matter <|end|> endoftext|>" * 50
+    tok = Tokenizer.train(text, vocab_size=800, special_tokens=[special])
+    sid = tok.special_tokens[special]
+    assert sid == 799 and all(256 + r != sid for r in range(len(tok.merges)))
+    assert all(tok.decode([i]) != special for i in range(sid))
+    for s in [text[:5000], special * 3, _bpe_random_unicode(rng, 2000) + special, "matter"]:
+        assert sid not in tok.encode(s) and special not in [tok.decode([i]) for i in tok.encode(s)]
+
+
+def test_tokenizer_load_errors(tmp_path):
+    tok = Tokenizer.train(_bpe_text(3000, 14), vocab_size=300, special_tokens=["<|endoftext|>"])
+    good = str(tmp_path / "good.json")
+    tok.save(good)
+    with open(good, encoding="utf-8") as f:
+        text = f.read()
+    data = json.loads(text)
+
+    def check(name, content, error, words):
+        path = str(tmp_path / name)
+        if content is not None:
+            with open(path, "w", encoding="utf-8") as f:
+                f.write(content if isinstance(content, str) else json.dumps(content))
+        with pytest.raises(error) as e:
+            Tokenizer.load(path)
+        msg = str(e.value)
+        assert path in msg and "\n" not in msg and all(w in msg for w in words), msg
+
+    check("missing.json", None, FileNotFoundError, ["does not exist"])
+    check("truncated.json", text[: len(text) // 2], ValueError, ["not valid JSON"])
+    check("empty.json", "", ValueError, ["not valid JSON"])
+    check("list.json", [1, 2], ValueError, ["format"])
+    check("version.json", dict(data, version=2), ValueError, ["version 2"])
+    check("extra.json", dict(data, extra=1), ValueError, ["fields"])
+    check("future.json", dict(data, merges=data["merges"] + [[300, 97]]), ValueError, ["merge 43"])
+    check("bad_pair.json", dict(data, merges=[[97]] + data["merges"][1:]), ValueError, ["merge 0"])
+    check("repeat.json", dict(data, merges=data["merges"] + [data["merges"][0]]), ValueError, ["repeats"])
+    check("collide.json", dict(data, special_tokens={"<|endoftext|>": 298}), ValueError, ["special token ids"])
+    check("gap.json", dict(data, special_tokens={"<|endoftext|>": 301}), ValueError, ["special token ids"])
+    check("empty_special.json", dict(data, special_tokens={"": 300}), ValueError, ["special token"])
+    check("pattern.json", dict(data, pattern="(unclosed"), ValueError, ["pattern"])
+
+
+def test_tokenizer_decode_stream_holds_split_characters():
+    tok = Tokenizer()  # bytes only: every multi-byte character is split across tokens
+    s = "aé中😀👨\u200d👩 b\r\n"
+    ids = tok.encode(s)
+    pieces = list(tok.decode_stream(ids))
+    assert "".join(pieces) == s and all("\ufffd" not in p for p in pieces) and "😀" in pieces
+    # invalid bytes are replaced as decode() does, an unfinished character only at the end
+    for ids in ([0xE4, 0xB8], [0xE4, 0xB8, 0x41, 0xFF, 0x41], [0xF0, 0x9F, 0x98]):
+        assert "".join(tok.decode_stream(ids)) == tok.decode(ids)
+    rng = random.Random(15)
+    tok = Tokenizer.train(_bpe_random_unicode(rng, 5000) * 2, vocab_size=600)
+    for _ in range(50):
+        ids = [rng.randrange(tok.vocab_size) for _ in range(rng.randint(0, 30))]
+        assert "".join(tok.decode_stream(ids)) == tok.decode(ids)
+    with pytest.raises(ValueError):
+        tok.decode([tok.vocab_size])
+    with pytest.raises(ValueError):
+        tok.decode([-1])
+
+
+def test_tokenizer_encode_file_matches_encode(tmp_path):
+    rng = random.Random(16)
+    special = "<|endoftext|>"
+    parts = [_bpe_text(rng.randint(0, 300), k) for k in range(30)] + BPE_TRICKY + [_bpe_random_unicode(rng, 300) for _ in range(5)]
+    rng.shuffle(parts)
+    text = special.join(parts) + "  \n\n  12345"
+    path, out = str(tmp_path / "in.txt"), str(tmp_path / "ids.bin")
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        f.write(text)
+    tok = Tokenizer.train(text, vocab_size=700, special_tokens=[special])
+    other = Tokenizer.train(text, vocab_size=700, special_tokens=[special], pattern=r"\S+|\s+")  # another pattern: one block
+    for t, dtype, workers, allowed, block in [(tok, "uint16", 1, (), 50), (tok, "uint32", 1, "all", 37),
+                                              (tok, "uint16", 2, {special}, 200), (tok, "uint16", 1, "all", 1 << 20),
+                                              (other, "uint16", 1, (), 50)]:
+        n = t.encode_file(path, out, dtype=dtype, num_workers=workers, allowed_special=allowed, block_chars=block)
+        ids = array.array("H" if dtype == "uint16" else "I")
+        assert ids.itemsize * 8 == int(dtype[4:])
+        with open(out, "rb") as f:
+            ids.frombytes(f.read())
+        if sys.byteorder == "big":
+            ids.byteswap()
+        assert n == len(ids) and ids.tolist() == t.encode(text, allowed_special=allowed)
+    with pytest.raises(ValueError):
+        tok.encode_file(path, out, dtype="int8")
+
+
+def test_tokenizer_train_file_matches_train(tmp_path):
+    text = _bpe_text(20000, 17) + "<|endoftext|>" + "".join(BPE_TRICKY) + "\n\n  \n"
+    path = str(tmp_path / "in.txt")
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        f.write(text)
+    for specials in ([], ["<|endoftext|>"]):
+        tok = Tokenizer.train(text, vocab_size=700, special_tokens=specials)
+        tok2 = Tokenizer.train_file(path, vocab_size=700, special_tokens=specials, block_chars=97)
+        assert tok2.merges == tok.merges and tok2.special_tokens == tok.special_tokens
+
+
+# ====================================================================================================
+# model: model.py
+# ====================================================================================================
+
+def tiny_model(seed=0, **overrides):
+    torch.manual_seed(seed)
+    settings = dict(vocab_size=50, d_model=32, n_heads=4, n_layers=2, d_ff=64, max_seq_len=16, dropout=0.0)
+    return GPT(GPTConfig(**{**settings, **overrides})).eval()
+
+
+def twin_with_attention(model, attention):
+    """The same weights with the other attention path."""
+    twin = GPT(dataclasses.replace(model.config, attention=attention)).eval()
+    twin.load_state_dict(model.state_dict())
+    return twin
+
+
+def test_model_config_rejects_bad_settings():
+    good = dict(vocab_size=50, d_model=32, n_heads=4, n_layers=2, d_ff=64, max_seq_len=16)
+    for bad in (dict(n_heads=5), dict(dropout=1.0), dict(attention="flash"), dict(n_layers=0), dict(d_ff=64.0)):
+        with pytest.raises(ValueError):
+            GPTConfig(**{**good, **bad})
+
+
+def test_model_every_setting_has_an_effect():
+    base = tiny_model()
+    for name, value in (("vocab_size", 60), ("d_model", 48), ("n_layers", 3), ("d_ff", 96), ("bias", False)):
+        assert tiny_model(**{name: value}).num_params() != base.num_params(), name
+    idx = torch.randint(0, 50, (1, 16))
+    assert not torch.allclose(tiny_model(n_heads=2)(idx)[0], base(idx)[0])  # same weights, other head split
+    assert tiny_model(max_seq_len=8).pos_enc.table.shape[0] == 8
+    assert not tiny_model(attention="math").blocks[0].attn.use_sdpa and base.blocks[0].attn.use_sdpa
+    # dropout: see test_model_dropout_only_in_train_mode
+
+
+def test_model_forward_shapes_and_loss():
+    assert not any(name.endswith("bias") for name, _ in tiny_model(bias=False).named_parameters())
+    model = tiny_model()
+    idx = torch.randint(0, 50, (3, 10))
+    logits, loss = model(idx)
+    assert logits.shape == (3, 10, 50) and loss is None
+    targets = idx.clone()
+    targets[:, :4] = -1  # ignored positions do not count in the mean
+    logits, loss = model(idx, targets)
+    expected = F.cross_entropy(logits[:, 4:].reshape(-1, 50), idx[:, 4:].reshape(-1))
+    assert torch.allclose(loss, expected, atol=1e-6)
+
+
+def test_model_sequence_too_long_raises():
+    model = tiny_model()
+    with pytest.raises(ValueError, match="max_seq_len"):
+        model(torch.zeros(1, 17, dtype=torch.long))
+    cache = KVCache(model.config.n_layers, model.config.max_seq_len)
+    model(torch.zeros(1, 10, dtype=torch.long), cache=cache)
+    with pytest.raises(ValueError, match="max_seq_len"):  # 10 cached + 7 new > 16
+        model(torch.zeros(1, 7, dtype=torch.long), cache=cache)
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "math"])
+def test_causal_mask_future_tokens_do_not_change_past_logits(attention):
+    model = tiny_model(attention=attention)
+    idx = torch.randint(0, 50, (2, 16))
+    for t in (0, 5, 14):
+        changed = idx.clone()
+        changed[:, t + 1:] = torch.randint(0, 50, (2, 15 - t))
+        a, b = model(idx)[0], model(changed)[0]
+        assert torch.allclose(a[:, :t + 1], b[:, :t + 1], atol=1e-6)
+        assert not torch.allclose(a[:, t + 1:], b[:, t + 1:])  # the change does reach later positions
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "math"])
+def test_causal_mask_through_kv_cache(attention):
+    model = tiny_model(attention=attention)
+    idx = torch.randint(0, 50, (2, 16))
+    changed = idx.clone()
+    changed[:, 9:] = torch.randint(0, 50, (2, 7))
+    outputs = []
+    for seq in (idx, changed):
+        cache = KVCache(model.config.n_layers, model.config.max_seq_len)
+        # chunks of 6, 3 (several new queries on top of cached keys: the shifted mask), then 1 at a time
+        chunks = [seq[:, :6], seq[:, 6:9]] + [seq[:, i:i + 1] for i in range(9, 16)]
+        outputs.append(torch.cat([model(chunk, cache=cache)[0] for chunk in chunks], dim=1))
+        assert cache.pos == 16
+        assert torch.allclose(outputs[-1], model(seq)[0], atol=1e-5)  # the cache changes nothing
+    assert torch.allclose(outputs[0][:, :9], outputs[1][:, :9], atol=1e-6)
+
+
+def test_attention_paths_agree_with_and_without_cache():
+    fast = tiny_model(attention="sdpa")
+    slow = twin_with_attention(fast, "math")
+    idx = torch.randint(0, 50, (3, 16))
+    assert torch.allclose(fast(idx)[0], slow(idx)[0], atol=1e-5)
+    caches = [KVCache(2, 16), KVCache(2, 16)]
+    for chunk in (idx[:, :7], idx[:, 7:11], idx[:, 11:12], idx[:, 12:]):
+        a, b = fast(chunk, cache=caches[0])[0], slow(chunk, cache=caches[1])[0]
+        assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_attention_paths_agree_in_training_gradients():
+    fast = tiny_model(attention="sdpa").train()
+    slow = twin_with_attention(fast, "math").train()
+    idx = torch.randint(0, 50, (2, 16))
+    fast(idx, idx)[1].backward()
+    slow(idx, idx)[1].backward()
+    for (name, p), q in zip(fast.named_parameters(), slow.parameters()):
+        assert torch.allclose(p.grad, q.grad, atol=1e-5), name
+
+
+def test_model_weight_tying_survives_training():
+    model = tiny_model().train()
+    assert model.lm_head.weight is model.tok_emb.weight
+    assert model.lm_head.weight.data_ptr() == model.tok_emb.weight.data_ptr()
+    optimizer = model.configure_optimizer(0.1, 1e-2, (0.9, 0.95), "cpu")
+    before = model.tok_emb.weight.detach().clone()
+    idx = torch.randint(0, 50, (2, 16))
+    model(idx, idx)[1].backward()
+    optimizer.step()
+    assert not torch.equal(before, model.tok_emb.weight)
+    assert torch.equal(model.lm_head.weight, model.tok_emb.weight)
+    assert model.lm_head.weight.data_ptr() == model.tok_emb.weight.data_ptr()
+    state = model.state_dict()
+    assert torch.equal(state["lm_head.weight"], state["tok_emb.weight"])
+
+
+def test_model_layernorm_matches_functional():
+    torch.manual_seed(0)
+    x = torch.randn(4, 7, 32) * 3 + 1
+    for bias in (True, False):
+        ln = LayerNorm(32, bias=bias)
+        with torch.no_grad():
+            ln.weight.normal_()
+            if bias:
+                ln.bias.normal_()
+        expected = F.layer_norm(x, (32,), ln.weight, ln.bias, 1e-5)
+        assert torch.allclose(ln(x), expected, atol=1e-5)
+        assert torch.allclose(ln.reference(x), expected, atol=1e-5)
+
+
+def test_model_positional_encoding_is_fixed_sinusoid():
+    model = tiny_model()
+    assert all("pos_enc" not in name for name, _ in model.named_parameters())
+    assert all("pos_enc" not in key for key in model.state_dict())
+    table = SinusoidalPositions(16, 6).table
+    for p in (0, 1, 7, 15):
+        for i in range(3):
+            angle = p / 10000 ** (2 * i / 6)
+            assert math.isclose(table[p, 2 * i].item(), math.sin(angle), abs_tol=1e-6)
+            assert math.isclose(table[p, 2 * i + 1].item(), math.cos(angle), abs_tol=1e-6)
+    assert SinusoidalPositions(4, 5).table.shape == (4, 5)  # odd width works
+    assert torch.equal(model.pos_enc(3, 5), model.pos_enc.scale * model.pos_enc.table[3:8])
+
+
+def test_model_gpt2_init():
+    model = tiny_model(d_model=128, n_heads=4, d_ff=512, n_layers=8)
+    residual_std = 0.02 / math.sqrt(2 * 8)
+    assert abs(model.blocks[0].attn.proj.weight.std().item() - residual_std) < 0.1 * residual_std
+    assert abs(model.blocks[3].mlp.proj.weight.std().item() - residual_std) < 0.1 * residual_std
+    assert abs(model.blocks[0].mlp.fc.weight.std().item() - 0.02) < 0.002
+    assert torch.all(model.blocks[0].attn.qkv.bias == 0) and torch.all(model.ln_f.weight == 1)
+
+
+def test_model_counts_and_mfu():
+    model = tiny_model()
+    n = sum(p.numel() for p in model.parameters())
+    assert model.num_params() == n  # the tied matrix counts once
+    assert model.flops_per_token() == 6 * n + 12 * 2 * 16 * 32
+    assert math.isclose(model.estimate_mfu(1000.0, model.flops_per_token() * 2000.0), 0.5)
+    assert measure_peak_flops("cpu") > 1e8
+
+
+def test_generate_temperature_zero_is_greedy():
+    model = tiny_model()
+    idx = torch.randint(0, 50, (2, 5))
+    expected = idx
+    for _ in range(8):
+        next_token = model(expected)[0][:, -1].argmax(dim=-1, keepdim=True)
+        expected = torch.cat((expected, next_token), dim=1)
+    assert torch.equal(model.generate(idx, 8, temperature=0), expected)
+    assert torch.equal(model.generate(idx, 8, temperature=1.0, top_k=1), expected)
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "math"])
+def test_generate_cached_matches_uncached_past_context(attention):
+    model = tiny_model(attention=attention)
+    for prompt_len in (3, 40):  # a prompt longer than max_seq_len=16 is cropped to its last 16 tokens
+        idx = torch.randint(0, 50, (2, prompt_len))
+        outputs = []
+        for use_cache in (True, False):
+            torch.manual_seed(123)
+            outputs.append(model.generate(idx, 50, temperature=1.0, top_k=20, top_p=0.9, use_cache=use_cache))
+        assert outputs[0].shape == (2, prompt_len + 50)
+        assert torch.equal(outputs[0], outputs[1])
+
+
+def test_generate_stream_yields_the_generated_tokens():
+    model = tiny_model()
+    idx = torch.randint(0, 50, (1, 4))
+    torch.manual_seed(5)
+    steps = list(model.generate_stream(idx, 20))
+    torch.manual_seed(5)
+    assert all(step.shape == (1, 1) for step in steps)
+    assert torch.equal(torch.cat([idx, *steps], dim=1), model.generate(idx, 20))
+
+
+def test_generate_top_k_larger_than_vocab():
+    model = tiny_model()
+    out = model.generate(torch.zeros(2, 1, dtype=torch.long), 5, top_k=1000)
+    assert out.shape == (2, 6) and int(out.max()) < 50
+
+
+def test_generate_top_p_keeps_only_the_nucleus():
+    torch.manual_seed(0)
+    logits = torch.tensor([0.5, 0.3, 0.15, 0.05]).log().expand(4000, 4)
+    for top_p, nucleus in ((0.45, {0}), (0.75, {0, 1}), (0.9, {0, 1, 2}), (1.0, {0, 1, 2, 3})):
+        drawn = set(sample_next_token(logits, top_p=top_p).flatten().tolist())
+        assert drawn == nucleus, top_p
+    assert torch.all(sample_next_token(logits[:3], temperature=0) == 0)
+    with pytest.raises(ValueError):
+        next(tiny_model().generate_stream(torch.zeros(1, 1, dtype=torch.long), 3, top_p=0.0))
+    with pytest.raises(ValueError):  # an empty prompt has nothing to continue
+        tiny_model().generate(torch.zeros(1, 0, dtype=torch.long), 3)
+
+
+def test_generate_stop_token_stops_every_row():
+    model = tiny_model()
+    idx = torch.randint(0, 50, (2, 3))
+    free = model.generate(idx, 30, temperature=0)
+    stop = int(free[0, 5])  # the third token row 0 generates
+    out = model.generate(idx, 30, temperature=0, stop_token=stop)
+    ends = []
+    for row in range(2):
+        new = free[row, 3:].tolist()
+        ends.append(new.index(stop) + 1 if stop in new else 30)
+    assert out.shape[1] == 3 + max(ends)
+    for row in range(2):
+        assert torch.equal(out[row, :3 + ends[row]], free[row, :3 + ends[row]])
+        assert torch.all(out[row, 3 + ends[row]:] == stop)  # a finished row repeats the stop token
+
+
+def test_generate_restores_train_mode():
+    model = tiny_model()
+    model.train()
+    model.generate(torch.zeros(1, 1, dtype=torch.long), 3)
+    assert model.training and all(m.training for m in model.modules())
+    model.eval()
+    model.generate(torch.zeros(1, 1, dtype=torch.long), 3)
+    assert not model.training
+    model.train()
+    stream = model.generate_stream(torch.zeros(1, 1, dtype=torch.long), 10)
+    next(stream)
+    stream.close()  # a caller that stops early gets its mode back too
+    assert model.training
+
+
+def test_model_dropout_only_in_train_mode():
+    model = tiny_model(dropout=0.3)
+    idx = torch.randint(0, 50, (2, 16))
+    model.eval()
+    assert torch.equal(model(idx)[0], model(idx)[0])
+    model.train()
+    assert not torch.allclose(model(idx)[0], model(idx)[0])
+    no_dropout = tiny_model(dropout=0.0).train()
+    assert torch.allclose(no_dropout(idx)[0], no_dropout(idx)[0], atol=1e-6)
+    for attention in ("sdpa", "math"):  # both paths drop attention weights
+        model = tiny_model(dropout=0.3, attention=attention).train()
+        for block in model.blocks:
+            block.attn.resid_drop.p = block.mlp.drop.p = 0.0
+        model.drop.p = 0.0
+        assert not torch.allclose(model(idx)[0], model(idx)[0])
+
+
+def test_model_configure_optimizer_decays_only_matrices():
+    model = tiny_model()
+    optimizer = model.configure_optimizer(0.1, 1e-3, (0.9, 0.95), "cpu")
+    decay, no_decay = optimizer.param_groups
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    assert {id(p) for p in decay["params"]} == {id(p) for p in model.parameters() if p.dim() >= 2}
+    assert {id(p) for p in no_decay["params"]} == {id(p) for p in model.parameters() if p.dim() < 2}
+    assert sum(len(g["params"]) for g in optimizer.param_groups) == len(list(model.parameters()))
+
+
+def test_model_training_lowers_loss():
+    model = tiny_model().train()
+    optimizer = model.configure_optimizer(0.0, 3e-3, (0.9, 0.95), "cpu")
+    data = torch.arange(17).repeat(4, 1) % 7  # a repeating pattern to learn
+    x, y = data[:, :-1], data[:, 1:]
+    losses = []
+    for _ in range(40):
+        _, loss = model(x, y)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_model_checkpoint_round_trip(tmp_path):
+    model = tiny_model()
+    path = os.path.join(tmp_path, "sub", "ckpt.pt")  # the folder does not exist yet
+    checkpoint = {"model": model.state_dict(), "model_config": dataclasses.asdict(model.config), "iter_num": 7,
+                  "best_val_loss": 1.5, "tokenizer_path": "tokenizer.json", "betas": [0.9, 0.95],
+                  "rng": torch.get_rng_state(), "nested": {"a": [1, 2.5, "x", None, True]}}
+    save_checkpoint(checkpoint, path)
+    assert os.listdir(os.path.dirname(path)) == ["ckpt.pt"]  # no .tmp left behind
+    loaded = load_checkpoint(path)  # weights_only=True
+    assert all(not key.startswith("_orig_mod.") for key in loaded["model"])
+    assert loaded["iter_num"] == 7 and loaded["best_val_loss"] == 1.5 and loaded["betas"] == [0.9, 0.95]
+    assert loaded["nested"] == {"a": [1, 2.5, "x", None, True]} and torch.equal(loaded["rng"], checkpoint["rng"])
+    restored = GPT(GPTConfig(**loaded["model_config"])).eval()
+    restored.load_state_dict(loaded["model"])
+    idx = torch.randint(0, 50, (2, 16))
+    assert torch.equal(restored(idx)[0], model(idx)[0])
+    with pytest.raises(ValueError, match="_orig_mod"):
+        save_checkpoint({"model": {"_orig_mod.tok_emb.weight": torch.zeros(1)}}, path)
+
+
+def test_model_load_missing_checkpoint_says_how_to_make_one(tmp_path):
+    with pytest.raises(FileNotFoundError, match="pretrain.py"):
+        load_checkpoint(os.path.join(tmp_path, "nothing.pt"))
+
+
+# ====================================================================================================
+# configurator, pretrain.py and sample.py
+# ====================================================================================================
+
+# ---- configurator -----------------------------------------------------------------------------
+
+def fresh_settings():
+    return {"__doc__": "a script", "n_layers": 4, "learning_rate": 3e-4, "start": "x", "compile": False,
+            "top_k": None, "device": "cpu"}
+
+
+def test_configurator_overrides_from_command_line():
+    settings = fresh_settings()
+    result = configure(settings, argv=["--n_layers=6", "--compile=True", "--top_k=5"], verbose=False)
+    assert (settings["n_layers"], settings["compile"], settings["top_k"]) == (6, True, 5)
+    assert result["n_layers"] == 6 and "__doc__" not in result
+
+
+def test_configurator_value_may_contain_equals_sign():
+    settings = fresh_settings()
+    configure(settings, argv=["--start=a=b==c"], verbose=False)
+    assert settings["start"] == "a=b==c"
+
+
+def test_configurator_typo_suggests_the_right_key():
+    with pytest.raises(SystemExit, match="unknown setting 'n_layer'.*did you mean 'n_layers'"):
+        configure(fresh_settings(), argv=["--n_layer=3"], verbose=False)
+
+
+def test_configurator_accepts_int_for_float_setting():
+    settings = fresh_settings()
+    configure(settings, argv=["--learning_rate=1"], verbose=False)
+    assert settings["learning_rate"] == 1.0 and isinstance(settings["learning_rate"], float)
+
+
+def test_configurator_rejects_string_for_int_setting():
+    with pytest.raises(SystemExit, match="'n_layers' expects int.*got 'four'"):
+        configure(fresh_settings(), argv=["--n_layers=four"], verbose=False)
+
+
+def test_configurator_python_file_sets_values_and_rejects_unknown_names(tmp_path):
+    good = tmp_path / "good.py"
+    good.write_text("import math\nn_layers = 2 * 3\nlearning_rate = 1\n")
+    settings = fresh_settings()
+    configure(settings, argv=[str(good), "--n_layers=8"], verbose=False)  # later arguments win
+    assert settings["n_layers"] == 8 and settings["learning_rate"] == 1.0
+    bad = tmp_path / "bad.py"
+    bad.write_text("n_layer = 3\n")
+    with pytest.raises(SystemExit, match="unknown setting 'n_layer' in .*bad.py; did you mean 'n_layers'"):
+        configure(fresh_settings(), argv=[str(bad)], verbose=False)
+
+
+def test_configurator_reads_nested_config_json_sections(tmp_path):
+    path = tmp_path / "config.json"
+    path.write_text('{"model": {"n_layers": 2}, "training": {"learning_rate": 1, "device": "cuda"},'
+                    ' "finetuning": {"learning_rate": 5e-5}}')
+    settings = fresh_settings()
+    configure(settings, json_sections=("model", "training"), argv=[str(path)], verbose=False)
+    assert (settings["n_layers"], settings["learning_rate"], settings["device"]) == (2, 1.0, "cuda")
+    settings = fresh_settings()
+    configure(settings, json_sections=("finetuning",), argv=[str(path)], verbose=False)
+    assert (settings["n_layers"], settings["learning_rate"]) == (4, 5e-5)
+
+
+def test_configurator_rejects_unknown_json_section(tmp_path):
+    path = tmp_path / "config.json"
+    path.write_text('{"modle": {"n_layers": 2}}')
+    with pytest.raises(SystemExit, match="unknown section 'modle'.*did you mean 'model'"):
+        configure(fresh_settings(), json_sections=("model",), argv=[str(path)], verbose=False)
+
+
+def test_configurator_seed_config_json_works_for_pretrain_settings():
+    pretrain_settings = {"vocab_size": 1024, "d_model": 64, "n_heads": 2, "n_layers": 2, "d_ff": 256,
+                         "max_seq_len": 128, "dropout": 0.0, "batch_size": 16, "learning_rate": 3e-3,
+                         "n_epochs": 0.0, "device": "auto"}
+    configure(pretrain_settings, json_sections=("model", "training"),
+              argv=[os.path.join(REPO, "config", "config.json")], verbose=False)
+    assert pretrain_settings["d_model"] == 128 and pretrain_settings["n_epochs"] == 5.0
+
+
+# ---- pretrain.py and sample.py, end to end on a tiny corpus -----------------------------------
+
+def make_corpus(path, n_words=12000, seed=0):
+    """A small text with repeated structure, so a tiny model can learn something in seconds."""
+    rng = random.Random(seed)
+    words = ["the", "cat", "sat", "on", "a", "mat", "and", "dog", "ran", "to", "café", "naïve", "日本"]
+    lines = []
+    while sum(len(line.split()) for line in lines) < n_words:
+        lines.append(" ".join(rng.choice(words) for _ in range(rng.randint(3, 9))) + ".")
+    path.write_text("\n".join(lines), encoding="utf-8")
+
+
+def tiny_args(run_dir, corpus, **overrides):
+    settings = dict(out_dir=run_dir / "out", data_path=corpus, cache_dir=run_dir / "cache", vocab_size=300,
+                    d_model=32, n_heads=2, n_layers=2, d_ff=64, max_seq_len=32, batch_size=8, max_iters=30,
+                    eval_interval=10, eval_iters=4, warmup_iters=5, learning_rate=3e-3, device="cpu")
+    settings.update(overrides)
+    return [f"--{k}={v}" for k, v in settings.items()]
+
+
+def run_script(script, args, check=True, **kwargs):
+    result = subprocess.run([sys.executable, os.path.join(REPO, script), *args], capture_output=True, text=True,
+                            cwd=REPO, timeout=300, **kwargs)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{script} failed:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def read_log(out_dir):
+    with open(os.path.join(out_dir, "log.csv")) as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("tiny_run")
+    corpus = run_dir / "corpus.txt"
+    make_corpus(corpus)
+    run_script("pretrain.py", tiny_args(run_dir, corpus, dropout=0.1))
+    return run_dir, corpus
+
+
+def test_pretrain_lowers_the_validation_loss(tiny_run):
+    rows = read_log(tiny_run[0] / "out")
+    assert [int(r["iter"]) for r in rows] == [0, 10, 20, 30]
+    assert float(rows[-1]["val_loss"]) < 0.8 * float(rows[0]["val_loss"])
+    assert all(float(r["val_bpb"]) > 0 for r in rows)
+
+
+def test_pretrain_learning_rate_starts_above_zero_and_ends_at_the_floor(tiny_run):
+    rows = read_log(tiny_run[0] / "out")
+    assert float(rows[0]["lr"]) == pytest.approx(3e-3 / 5)  # first step of a 5-step warm-up
+    assert float(rows[-1]["lr"]) == pytest.approx(3e-4, rel=0.05)  # min_lr_ratio 0.1 at the end
+
+
+def test_pretrain_checkpoint_holds_weights_optimizer_config_and_rng(tiny_run):
+    from model import load_checkpoint
+    checkpoint = load_checkpoint(tiny_run[0] / "out" / "ckpt.pt", map_location="cpu")
+    assert checkpoint["iter_num"] == 30 and checkpoint["kind"] == "pretrain"
+    assert checkpoint["model_config"]["d_model"] == 32 and checkpoint["model_config"]["dropout"] == 0.1
+    assert checkpoint["config"]["batch_size"] == 8
+    assert checkpoint["optimizer"]["state"] and set(checkpoint["rng"]) == {"torch", "cuda", "data"}
+    assert not any(k.startswith(("_orig_mod.", "module.")) for k in checkpoint["model"])
+    assert os.path.exists(tiny_run[0] / "out" / "tokenizer.json")
+
+
+def test_pretrain_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path):
+    corpus = tmp_path / "corpus.txt"
+    make_corpus(corpus, n_words=4000)
+    common = dict(dropout=0.1, max_iters=16, eval_interval=4, lr_decay_iters=16)
+    run_script("pretrain.py", tiny_args(tmp_path / "a", corpus, **common))
+    run_script("pretrain.py", tiny_args(tmp_path / "b", corpus, **{**common, "max_iters": 10}))
+    run_script("pretrain.py", tiny_args(tmp_path / "b", corpus, **common, init_from="resume"))
+    a = torch.load(tmp_path / "a" / "out" / "ckpt.pt", weights_only=True)
+    b = torch.load(tmp_path / "b" / "out" / "ckpt.pt", weights_only=True)
+    assert a["iter_num"] == b["iter_num"] == 16
+    for name in a["model"]:
+        assert torch.equal(a["model"][name], b["model"][name]), name
+    assert torch.equal(a["rng"]["data"], b["rng"]["data"])
+
+
+def test_pretrain_resume_refuses_a_checkpoint_of_another_shape(tiny_run):
+    run_dir, corpus = tiny_run
+    result = run_script("pretrain.py", tiny_args(run_dir, corpus, d_model=48, init_from="resume"), check=False)
+    assert result.returncode != 0
+    assert "d_model=32 but the settings give 48" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_pretrain_ctrl_c_saves_a_checkpoint_and_exits_cleanly(tmp_path):
+    corpus = tmp_path / "corpus.txt"
+    make_corpus(corpus, n_words=4000)
+    out_dir = tmp_path / "out"
+    process = subprocess.Popen([sys.executable, os.path.join(REPO, "pretrain.py"),
+                                *tiny_args(tmp_path, corpus, max_iters=100000, eval_interval=100000)],
+                               cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not os.path.exists(out_dir / "log.csv") and time.time() < deadline:  # the loop has started
+        time.sleep(0.1)
+    time.sleep(1.0)
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=60)
+    assert process.returncode == 0, stderr
+    assert "interrupted: saved" in stderr + stdout
+    checkpoint = torch.load(out_dir / "ckpt.pt", weights_only=True)
+    assert checkpoint["iter_num"] > 0
+
+
+def test_pretrain_under_torchrun_keeps_both_ranks_identical(tmp_path):
+    corpus = tmp_path / "corpus.txt"
+    make_corpus(corpus, n_words=4000)
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                             os.path.join(REPO, "pretrain.py"),
+                             *tiny_args(tmp_path, corpus, max_iters=6, eval_interval=3, grad_accum_steps=2)],
+                            capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert result.returncode == 0, result.stderr
+    digests = {line.split()[1].rstrip(":"): line.split()[-1]
+               for line in result.stdout.splitlines() if "weights sha256" in line}
+    assert set(digests) == {"0", "1"} and digests["0"] == digests["1"]
+
+
+def test_pretrain_missing_data_file_is_one_clear_sentence(tmp_path):
+    result = run_script("pretrain.py", tiny_args(tmp_path, tmp_path / "nope.txt"), check=False)
+    assert result.returncode != 0 and "nope.txt does not exist" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_sample_prints_the_prompt_and_a_continuation(tiny_run):
+    out_dir = tiny_run[0] / "out"
+    result = run_script("sample.py", [f"--out_dir={out_dir}", "--start=the cat", "--max_new_tokens=20"])
+    assert result.stdout.startswith("the cat") and len(result.stdout) > len("the cat\n")
+
+
+def test_sample_without_a_checkpoint_says_how_to_train_one(tmp_path):
+    result = run_script("sample.py", [f"--out_dir={tmp_path}"], check=False)
+    assert result.returncode != 0 and "python pretrain.py" in result.stderr
+
+
+# ====================================================================================================
+# fine-tuning: finetune.py
+# ====================================================================================================
+
+# ---- finetune.py: helpers ------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def ft_tokenizer():
+    """A tiny BPE that has learned 'hello' and ' world' as tokens, with the project's special tokens."""
+    text = "hello world, hello world. def f(x):\n    return x + 1\n" * 50 + "Repeat the word cat dog sun. Go away.\n" * 20
+    return Tokenizer.train(text, 300, SPECIAL_TOKENS)
+
+
+def write_csv(path, rows, header=("prompt", "response", "rating"), encoding="utf-8"):
+    with open(path, "w", newline="", encoding=encoding) as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return str(path)
+
+
+def ft_rows(words=("cat", "dog", "sun", "hat", "pen", "cup", "box", "bee")):
+    """Rated answers a tiny model can learn: a good one repeats the word, a bad one is rude."""
+    rows = []
+    for w in words:
+        rows += [(f"Repeat {w}.", f"{w} {w} {w}", 5), (f"Repeat {w}.", w, 3), (f"Repeat {w}.", "Go away.", 1)]
+    return rows
+
+
+def test_finetune_loss_mask_is_exactly_the_response_and_end_token(ft_tokenizer):
+    special = ft_tokenizer.special_tokens
+    example = finetune.encode_row(ft_tokenizer, "Repeat cat.", "cat cat", 5, condition=False)
+    x, y, cut = finetune.join(example.prefix, example.prompt_ids, example.reply, max_seq_len=64)
+    prompt_ids, response_ids = ft_tokenizer.encode("Repeat cat."), ft_tokenizer.encode("cat cat")
+    assert x == [special["<|prompt|>"]] + prompt_ids + [special["<|response|>"]] + response_ids and cut == 0
+    r = x.index(special["<|response|>"])
+    assert y[r] == response_ids[0]  # the first response token is learned, at the <|response|> position
+    assert y[:r] == [-1] * r and y[r:] == response_ids + [special["<|endoftext|>"]]
+    # in condition mode the rating token goes first and is never a target
+    example = finetune.encode_row(ft_tokenizer, "Repeat cat.", "cat cat", 2, condition=True)
+    x2, y2, _ = finetune.join(example.prefix, example.prompt_ids, example.reply, max_seq_len=64)
+    assert x2[0] == special["<|rating_2|>"] and x2[1:] == x and y2 == [-1] + y
+    # padding is ignored by the loss
+    xb, yb = finetune.collate([(x, y), (x[:3], y[:3])], pad_id=0, device="cpu")
+    assert xb.shape == yb.shape == (2, len(x)) and (yb[1, 3:] == -1).all()
+
+
+def test_finetune_boundary_is_exact_where_bpe_would_merge_across_the_join(ft_tokenizer):
+    prompt, response = "Say hell", "o world"
+    joined = ft_tokenizer.encode(prompt + response)  # 'hello' is one token here, so the naive split is wrong
+    assert joined[:len(ft_tokenizer.encode(prompt))] != ft_tokenizer.encode(prompt)
+    example = finetune.encode_row(ft_tokenizer, prompt, response, 5, condition=False)
+    x, y, _ = finetune.join(example.prefix, example.prompt_ids, example.reply, max_seq_len=64)
+    targets = [t for t in y if t != -1]
+    assert targets[:-1] == ft_tokenizer.encode(response) and ft_tokenizer.decode(targets[:-1]) == response
+    assert ft_tokenizer.decode(x[1:x.index(ft_tokenizer.special_tokens["<|response|>"])]) == prompt
+
+
+def test_finetune_long_prompt_is_cut_from_the_left_and_keeps_the_end_token(ft_tokenizer):
+    special = ft_tokenizer.special_tokens
+    prompt = " ".join(f"word{i}" for i in range(40))
+    example = finetune.encode_row(ft_tokenizer, prompt, "cat", 5, condition=False)
+    x, y, cut = finetune.join(example.prefix, example.prompt_ids, example.reply, max_seq_len=20)
+    assert len(x) == 20 and cut == len(example.prompt_ids) - (20 - 1 - len(example.reply) + 1)
+    assert x[1:x.index(special["<|response|>"])] == example.prompt_ids[cut:]  # the prompt's end survives
+    assert y[-1] == special["<|endoftext|>"]
+    df = finetune.training_rows(finetune.pd.DataFrame({"prompt": [prompt, "hi", "hi"], "response": ["cat", "x " * 60, "ok"],
+                                                       "rating": [5, 4, 3]}), "weight", 4)
+    examples, n_cut, n_long = finetune.prepare(ft_tokenizer, df, "weight", max_seq_len=20)
+    assert (len(examples), n_cut, n_long) == (2, 1, 1)  # a response that cannot fit is skipped, not cut
+
+
+def test_finetune_weight_and_filter_modes_do_what_they_say(tmp_path, ft_tokenizer):
+    path = write_csv(tmp_path / "d.csv", [("a", "x", 1), ("a", "y", 3), ("b", "z", 5), ("b", "w", 4)])
+    df = finetune.clean_rows(finetune.read_rows(path), path)
+    weighted = finetune.training_rows(df, "weight", 4)
+    assert weighted["weight"].tolist() == [0.2, 0.6, 1.0, 0.8]
+    assert finetune.training_rows(df, "filter", 4)["response"].tolist() == ["z", "w"]
+    assert finetune.training_rows(df, "filter", 5)["response"].tolist() == ["z"]
+    kto = finetune.training_rows(df, "kto", 4)
+    assert kto["response"].tolist() == ["x", "z", "w"] and kto["desirable"].tolist() == [False, True, True]
+    assert finetune.training_rows(df, "condition", 4)["weight"].tolist() == [1.0] * 4
+    # the weighted loss scales each row's token losses by its weight, averaged over all response tokens
+    logprobs, n_tokens = torch.tensor([-2.0, -6.0]), torch.tensor([2, 3])
+    loss = finetune.weighted_loss(logprobs, n_tokens, torch.tensor([0.2, 1.0]))
+    assert loss.item() == pytest.approx((0.2 * 2.0 + 1.0 * 6.0) / 5)
+
+
+def test_finetune_kto_loss_matches_a_hand_computed_value():
+    logprobs = torch.tensor([-10.0, -12.0, -8.0], requires_grad=True)
+    ref_logprobs = torch.tensor([-11.0, -11.5, -9.0])
+    kl_logprobs, kl_ref_logprobs = torch.tensor([-20.0, -18.0, -15.0]), torch.tensor([-21.0, -18.5, -15.0])
+    desirable = torch.tensor([True, False, True])
+    beta, lambda_d, lambda_u = 0.5, 1.0, 1.5
+    loss, z0 = finetune.kto_loss(logprobs, ref_logprobs, kl_logprobs, kl_ref_logprobs, desirable, beta, lambda_d,
+                                 lambda_u)
+    z = max(0.0, (1.0 + 0.5 + 0.0) / 3)  # mean log-ratio of the mismatched pairs
+    sig = lambda v: 1 / (1 + math.exp(-v))
+    expected = ((1.0 - 1.0 * sig(beta * (1.0 - z))) + (1.5 - 1.5 * sig(beta * (z - (-0.5))))
+                + (1.0 - 1.0 * sig(beta * (1.0 - z)))) / 3
+    assert z0.item() == pytest.approx(z) and loss.item() == pytest.approx(expected)
+    loss.backward()  # desirable rows are pushed up, the undesirable one down; z0 carries no gradient
+    assert logprobs.grad[0] < 0 and logprobs.grad[1] > 0 and logprobs.grad[2] < 0
+    # the reference point is clamped at 0
+    _, z0 = finetune.kto_loss(logprobs, ref_logprobs, kl_ref_logprobs, kl_logprobs, desirable, beta, 1.0, 1.0)
+    assert z0.item() == 0.0
+
+
+def test_finetune_preference_score_counts_higher_rated_pairs():
+    scored = [("p", 5, -1.0), ("p", 3, -2.0), ("p", 1, -0.5),  # 5>3 right, 5>1 wrong, 3>1 wrong
+              ("q", 4, -1.0), ("q", 2, -1.0),                   # a tie counts half
+              ("r", 5, -3.0)]                                   # one response: no pair
+    assert finetune.preference_score(scored) == pytest.approx((1 + 0 + 0 + 0.5) / 4)
+    assert finetune.preference_score([("r", 5, -3.0)]) is None
+
+
+def test_finetune_batches_cover_each_epoch_and_depend_only_on_the_iteration():
+    seen = [i for it in range(5) for i in finetune.batch_indices(it, 10, 4, seed=1)]
+    assert sorted(seen[:10]) == list(range(10)) and sorted(seen[10:20]) == list(range(10))
+    assert finetune.batch_indices(3, 10, 4, seed=1) == seen[12:16]
+
+
+def test_finetune_a_tiny_finetune_lowers_the_response_loss(tmp_path, ft_tokenizer):
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=ft_tokenizer.vocab_size, d_model=32, n_heads=2, n_layers=2, d_ff=64,
+                          max_seq_len=32))
+    df = finetune.training_rows(finetune.pd.DataFrame(ft_rows(), columns=["prompt", "response", "rating"]),
+                                "filter", 5)
+    examples, _, _ = finetune.prepare(ft_tokenizer, df, "filter", 32)
+    pad = ft_tokenizer.special_tokens["<|endoftext|>"]
+    before = finetune.evaluate(model, examples, 32, pad, "cpu", 8)["loss_r5"]
+    optimizer = model.configure_optimizer(0.0, 1e-2, (0.9, 0.99), "cpu")
+    for it in range(40):
+        batch = [examples[i] for i in finetune.batch_indices(it, len(examples), 4, seed=0)]
+        x, y = finetune.collate([finetune.join(e.prefix, e.prompt_ids, e.reply, 32)[:2] for e in batch], pad, "cpu")
+        logprobs, n_tokens = finetune.sequence_logprobs(model, x, y)
+        finetune.weighted_loss(logprobs, n_tokens, torch.ones(len(batch))).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    after = finetune.evaluate(model, examples, 32, pad, "cpu", 8)["loss_r5"]
+    assert after < 0.5 * before
+
+
+# ---- finetune.py: bad input, one sentence each -----------------------------------------------------
+
+def test_finetune_reads_bom_quoted_commas_newlines_extra_columns_and_whitespace(tmp_path):
+    path = tmp_path / "d.csv"
+    path.write_bytes('\ufeff prompt , response ,rating, note\n'
+                     '  "How, exactly?" , "def f():\n    return 1, 2" , 5 ,x\n'
+                     'What is None?,None, 4.0,\n'.encode("utf-8"))
+    df = finetune.clean_rows(finetune.read_rows(str(path)), str(path))
+    assert list(df.columns) == ["prompt", "response", "rating"]
+    assert df.values.tolist() == [["How, exactly?", "def f():\n    return 1, 2", 5], ["What is None?", "None", 4]]
+
+
+def test_finetune_missing_file_is_one_sentence(tmp_path):
+    with pytest.raises(SystemExit, match=r"data_path .*nope.csv does not exist; give a CSV file"):
+        finetune.read_rows(str(tmp_path / "nope.csv"))
+
+
+def test_finetune_missing_columns_names_the_missing_and_the_found(tmp_path):
+    path = write_csv(tmp_path / "d.csv", [("a", "b")], header=("question", "response"))
+    with pytest.raises(SystemExit, match=r"has no column prompt, rating \(found: question, response\)"):
+        finetune.read_rows(path)
+
+
+def test_finetune_empty_file_is_one_sentence(tmp_path):
+    (tmp_path / "empty.csv").write_text("")
+    with pytest.raises(SystemExit, match="empty.csv is empty"):
+        finetune.read_rows(str(tmp_path / "empty.csv"))
+    header_only = write_csv(tmp_path / "header.csv", [])
+    with pytest.raises(SystemExit, match="header.csv is empty; it has a header but no rows"):
+        finetune.read_rows(header_only)
+
+
+def test_finetune_bad_ratings_give_the_first_rows_and_the_count(tmp_path):
+    path = write_csv(tmp_path / "d.csv", [("a", "x", 5), ("b", "y", "good"), ("c", "z", 4), ("d", "w", 7),
+                                          ("e", "v", 4.5)])
+    with pytest.raises(SystemExit, match=r"3 rows have a rating that is not a whole number from 1 to 5 \(row 3, 5, 6;"
+                                         r" the header is row 1\); fix them or set skip_bad_rows=True"):
+        finetune.clean_rows(finetune.read_rows(path), path)
+
+
+def test_finetune_empty_prompt_or_response_gives_the_rows(tmp_path):
+    path = write_csv(tmp_path / "d.csv", [("a", "x", 5), ("  ", "y", 3), ("c", "", 4)])
+    with pytest.raises(SystemExit, match=r"2 rows have an empty prompt or response \(row 3, 4;"):
+        finetune.clean_rows(finetune.read_rows(path), path)
+
+
+def test_finetune_skip_bad_rows_skips_them_and_says_how_many(tmp_path, capsys):
+    path = write_csv(tmp_path / "d.csv", [("a", "x", 5), ("b", "y", "bad"), ("", "z", 4), ("d", "w", 2)])
+    df = finetune.clean_rows(finetune.read_rows(path), path, skip_bad_rows=True)
+    assert df["prompt"].tolist() == ["a", "d"] and df["rating"].tolist() == [5, 2]
+    assert "skipped 2 of 4 rows" in capsys.readouterr().out
+
+
+def test_finetune_too_few_rows_to_split_is_one_sentence(tmp_path):
+    path = write_csv(tmp_path / "d.csv", [("only one prompt", "x", 5), ("only one prompt", "y", 1)])
+    df = finetune.clean_rows(finetune.read_rows(path), path)
+    with pytest.raises(SystemExit, match="has 2 usable rows with 1 distinct prompt after cleaning; at least 2"):
+        finetune.split_by_prompt(df, 0.2, 0, path)
+    train, val = finetune.split_by_prompt(finetune.pd.DataFrame(ft_rows(), columns=["prompt", "response", "rating"]),
+                                          0.25, 0)
+    assert not set(train["prompt"]) & set(val["prompt"]) and val["prompt"].nunique() == 2
+
+
+def pretrained_run(run_dir, tokenizer, max_seq_len=32):
+    """A pretrain.py-style run directory: ckpt.pt and the tokenizer file it names."""
+    os.makedirs(run_dir, exist_ok=True)
+    tokenizer.save(os.path.join(run_dir, "tokenizer.json"))
+    config = GPTConfig(vocab_size=tokenizer.vocab_size, d_model=32, n_heads=2, n_layers=2, d_ff=64,
+                       max_seq_len=max_seq_len)
+    torch.manual_seed(0)
+    with open(os.path.join(run_dir, "tokenizer.json"), "rb") as f:
+        sha = hashlib.sha256(f.read()).hexdigest()
+    save_checkpoint({"kind": "pretrain", "model": GPT(config).state_dict(), "model_config": dataclasses.asdict(config),
+                     "tokenizer_path": "tokenizer.json", "tokenizer_sha256": sha, "iter_num": 0},
+                    os.path.join(run_dir, "ckpt.pt"))
+    return str(run_dir)
+
+
+def test_finetune_refuses_another_tokenizer_and_the_pretrained_out_dir(tmp_path, ft_tokenizer):
+    run_dir = pretrained_run(tmp_path / "out", ft_tokenizer)
+    path = finetune.resolve_init(run_dir, str(tmp_path / "out-finetune"))
+    assert path == os.path.join(run_dir, "ckpt.pt")
+    with pytest.raises(SystemExit, match="is the directory of the pretrained checkpoint .* choose another out_dir"):
+        finetune.resolve_init(path, run_dir + "/.")
+    with pytest.raises(SystemExit, match="no pretrained checkpoint at .*python pretrain.py"):
+        finetune.resolve_init(str(tmp_path / "nowhere"), str(tmp_path / "x"))
+    checkpoint = load_checkpoint(path)
+    assert finetune.check_tokenizer(checkpoint, path) == os.path.join(run_dir, "tokenizer.json")
+    Tokenizer.train("something else entirely " * 20, 270, SPECIAL_TOKENS).save(os.path.join(run_dir, "tokenizer.json"))
+    with pytest.raises(SystemExit, match="is not the tokenizer .*ckpt.pt was trained with"):
+        finetune.check_tokenizer(checkpoint, path)
+
+
+# ---- finetune.py end to end ---------------------------------------------------------------------------
+
+def run_finetune(args, check=True):
+    result = subprocess.run([sys.executable, os.path.join(REPO, "finetune.py"), *args], capture_output=True,
+                            text=True, cwd=REPO, timeout=300)
+    if check and result.returncode != 0:
+        raise AssertionError(f"finetune.py failed:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def ft_args(tmp_path, out, **overrides):
+    settings = dict(init_from=tmp_path / "out", data_path=tmp_path / "d.csv", out_dir=tmp_path / out, max_iters=8,
+                    eval_interval=4, batch_size=4, warmup_iters=2, device="cpu")
+    settings.update(overrides)
+    return [f"--{k}={v}" for k, v in settings.items()]
+
+
+def test_finetune_script_logs_saves_and_resumes_bit_identically(tmp_path, ft_tokenizer):
+    pretrained_run(tmp_path / "out", ft_tokenizer)
+    write_csv(tmp_path / "d.csv", ft_rows())
+    with open(tmp_path / "out" / "ckpt.pt", "rb") as f:
+        pretrained = f.read()
+    common = dict(rating_mode="kto", dropout=0.1, lr_decay_iters=8)
+    run_finetune(ft_args(tmp_path, "a", **common))
+    run_finetune(ft_args(tmp_path, "b", **common, max_iters=4))
+    result = run_finetune(ft_args(tmp_path, "b", **common, init_from="resume"))
+    assert "resuming from" in result.stdout
+    a, b = (load_checkpoint(tmp_path / run / "ckpt.pt") for run in ("a", "b"))
+    assert a["iter_num"] == b["iter_num"] == 8
+    for name in a["model"]:
+        assert torch.equal(a["model"][name], b["model"][name]), name
+    assert a["kind"] == "finetune" and a["rating_mode"] == "kto" and a["template"] == {
+        "prompt": "<|prompt|>", "response": "<|response|>", "end": "<|endoftext|>", "rating_token": None}
+    with open(tmp_path / "a" / "log.csv") as f:
+        log = list(csv.DictReader(f))
+    assert [r["iter"] for r in log] == ["0", "4", "8"] and all(0 <= float(r["pref_score"]) <= 1 for r in log)
+    assert os.path.exists(tmp_path / "a" / "tokenizer.json")
+    with open(tmp_path / "out" / "ckpt.pt", "rb") as f:
+        assert f.read() == pretrained  # the pretrained run is never written to
+
+
+def test_finetune_script_condition_mode_template_and_clean_errors(tmp_path, ft_tokenizer):
+    pretrained_run(tmp_path / "out", ft_tokenizer)
+    write_csv(tmp_path / "d.csv", ft_rows())
+    run_finetune(ft_args(tmp_path, "c", rating_mode="condition", max_iters=2, eval_interval=2))
+    checkpoint = load_checkpoint(tmp_path / "c" / "ckpt.pt")
+    assert checkpoint["template"]["rating_token"] == "<|rating_5|>" and checkpoint["model_config"]["max_seq_len"] == 32
+    result = run_finetune(ft_args(tmp_path, "out", max_iters=2), check=False)
+    assert result.returncode != 0 and "must not overwrite" in result.stderr and "Traceback" not in result.stderr
+    result = run_finetune(ft_args(tmp_path, "d", data_path=tmp_path / "missing.csv"), check=False)
+    assert result.returncode != 0 and "missing.csv does not exist" in result.stderr and "Traceback" not in result.stderr
