@@ -25,10 +25,9 @@ import torch.nn.functional as F
 
 from bpe import Tokenizer
 from configurator import configure
+import finetune
 from model import (GPT, GPTConfig, KVCache, LayerNorm, SinusoidalPositions, load_checkpoint, measure_peak_flops,
                    sample_next_token, save_checkpoint)
-from model import GPT, GPTConfig, load_checkpoint, save_checkpoint
-import finetune
 
 REPO = os.path.dirname(os.path.abspath(__file__))
 SPECIAL_TOKENS = ["<|endoftext|>", "<|prompt|>", "<|response|>"] + [f"<|rating_{r}|>" for r in range(1, 6)]  # as pretrain.py trains them
