@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from bpe import Tokenizer
 from configurator import configure
-from model import GPT, GPTConfig, load_checkpoint, save_checkpoint
+from model import GPT, GPTConfig, load_checkpoint, pick_device, save_checkpoint
 
 # -----------------------------------------------------------------------------
 # settings: override with config files (config/*.py, the finetuning section of a config.json) and --name=value
@@ -77,16 +77,6 @@ COLUMNS = ("prompt", "response", "rating")
 
 def rating_token(rating):
     return f"<|rating_{rating}|>"
-
-
-def pick_device(name):
-    if name != "auto":
-        return name
-    if torch.cuda.is_available():
-        return "cuda"
-    if torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
 
 
 def file_sha256(path):

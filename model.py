@@ -358,6 +358,17 @@ def load_checkpoint(path, map_location="cpu"):
     return torch.load(path, map_location=map_location, weights_only=True)
 
 
+def pick_device(name="auto"):
+    """'auto' picks cuda, then mps (Apple GPUs), then cpu; any other name is used as given."""
+    if name != "auto":
+        return name
+    if torch.cuda.is_available():
+        return "cuda"
+    if torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
 def measure_peak_flops(device="cpu", dtype=torch.float32):
     """FLOP/s of large square matmuls on device in dtype (median of five, after one to warm up): the ceiling
     that MFU is measured against. Takes well under a second."""

@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from bpe import Tokenizer
 from configurator import configure
-from model import GPT, GPTConfig, load_checkpoint, measure_peak_flops, save_checkpoint
+from model import GPT, GPTConfig, load_checkpoint, measure_peak_flops, pick_device, save_checkpoint
 
 # -----------------------------------------------------------------------------
 # settings: override with config files (config/*.py, config.json) and --name=value
@@ -83,16 +83,6 @@ def setup_distributed():
         torch.cuda.set_device(run_device)
     dist.init_process_group(backend="nccl" if run_device.startswith("cuda") else "gloo")
     return rank, world_size, run_device
-
-
-def pick_device(name):
-    if name != "auto":
-        return name
-    if torch.cuda.is_available():
-        return "cuda"
-    if torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
 
 
 def build_default_corpus(path):

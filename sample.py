@@ -14,7 +14,7 @@ import torch
 
 from bpe import Tokenizer
 from configurator import configure
-from model import GPT, GPTConfig, load_checkpoint
+from model import GPT, GPTConfig, load_checkpoint, pick_device
 
 # -----------------------------------------------------------------------------
 out_dir = "out"  # the run to sample from (pretrain.py's or finetune.py's out_dir)
@@ -85,8 +85,7 @@ if __name__ == "__main__":
     configure(globals())
     if not 1 <= rating <= 5:
         raise SystemExit(f"rating must be 1 to 5, not {rating}")
-    run_device = device if device != "auto" else ("cuda" if torch.cuda.is_available() else
-                                                 "mps" if torch.backends.mps.is_available() else "cpu")
+    run_device = pick_device(device)
     torch.manual_seed(seed)
     model, tokenizer, checkpoint = load_run(out_dir, run_device)
     if start.startswith("FILE:"):
