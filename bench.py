@@ -246,15 +246,15 @@ def bench_sample(new_tokens=500, repeats=3):
     print(f"sampling {new_tokens} tokens after a {L}-token prompt, batch 1, {WIDER['n_layers']}/{WIDER['n_heads']}/"
           f"{WIDER['d_model']}/{WIDER['d_ff']} context {L}, {torch.get_num_threads()} threads; "
           f"medians of {repeats} repeats")
-    print("| method               | seconds | tokens/s | vs cache | dropped |")
-    print("|----------------------|---------|----------|----------|---------|")
+    print("| method               | seconds | tokens/s | cache speed-up | dropped |")
+    print("|----------------------|---------|----------|----------------|---------|")
     ways[0][1]()  # warm-up
     cached = None
     for name, run in ways:
-        runs = [quiet_timing(run) for _ in range(repeats)]
+        runs = [quiet_timing(run, tries=5) for _ in range(repeats)]
         seconds = statistics.median(t for t, _, _ in runs)
         cached = cached or seconds
-        print(f"| {name:<20} | {seconds:7.2f} | {new_tokens / seconds:8.1f} | {cached / seconds:7.2f}x | "
+        print(f"| {name:<20} | {seconds:7.2f} | {new_tokens / seconds:8.1f} | {seconds / cached:13.1f}x | "
               f"{sum(d for _, _, d in runs):>7} |")
 
 
