@@ -44,7 +44,7 @@ data_path = "data/fine_tune_data.csv"
 out_dir = "out-finetune"  # must differ from the pretrained run's directory, which is never written to
 skip_bad_rows = False  # True skips rows with a bad rating or an empty field (and says how many) instead of stopping
 # how ratings are used
-rating_mode = "condition"  # 'weight', 'filter', 'condition' or 'kto' (see above)
+rating_mode = "filter"  # 'weight', 'filter', 'condition' or 'kto' (see above)
 min_rating = 4  # filter: the lowest rating that is learned
 kto_beta = 0.1  # kto: how sharply the value function saturates in the log-probability ratio
 kto_lambda_desirable = 1.0  # kto: weight of desirable rows
@@ -234,17 +234,6 @@ def prepare(tokenizer, df, rating_mode, max_seq_len):
         n_cut += joined[2] > 0
         examples.append(example)
     return examples, n_cut, n_long
-
-
-def separate_new_tokens(model, token_ids, seed):
-    """Give the special tokens that pretraining never saw distinct embeddings. The softmax pushed all of them the
-    same way (they were never the target), so they start about 99% alike and the model cannot tell <|prompt|> from
-    <|response|> or one rating from another; each gets a random offset the size of an ordinary token's spread."""
-    weight = model.tok_emb.weight
-    with torch.no_grad():
-        spread = weight[:min(token_ids)].std(dim=0)  # per channel, over the ordinary tokens (specials come last)
-        noise = torch.randn(len(token_ids), weight.size(1), generator=torch.Generator().manual_seed(seed))
-        weight[token_ids] += noise.to(weight.device) * spread
 
 
 def collate(pairs, pad_id, device, pad_to=None):
@@ -473,9 +462,6 @@ if __name__ == "__main__":
     # model, optimizer, and in kto mode the frozen reference
     model = GPT(model_config).to(run_device)
     model.load_state_dict(checkpoint["model"])
-    if checkpoint.get("kind") == "pretrain":  # a fresh fine-tune: the template's tokens are new to the model
-        separate_new_tokens(model, [special[t] for t in [PROMPT, RESPONSE] + [rating_token(r) for r in range(1, 6)]
-                                    if t in special], seed)
     reference = None
     if rating_mode == "kto":
         reference = copy.deepcopy(model).eval()  # the pretrained model, frozen
