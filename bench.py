@@ -116,7 +116,7 @@ def read_log(out_dir):
         return list(csv.DictReader(f))
 
 
-def bench_quality(data=DATA, seconds=75, vocab_size=4096, learning_rate=5e-3, batch_size=12, warmup_iters=20,
+def bench_quality(data=DATA, seconds=75, vocab_size=4096, learning_rate=5e-3, batch_size=8, warmup_iters=20,
                   seeds="1337,1,2", **overrides):
     """Validation bits per byte after training pretrain.py for a fixed wall-clock at nanoGPT's CPU shape
     (4 layers, 4 heads, d_model 128, d_ff 512, context 64, dropout 0), with our BPE instead of characters.

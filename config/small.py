@@ -1,14 +1,14 @@
 # The default CPU run: a small GPT on the default corpus (Python's standard library), a few minutes on 2 cores.
 out_dir = "out"
 data_path = "data/data.txt"
-vocab_size = 4096  # bigger vocabularies measured better at a fixed time, up to 4096 (README, Quality)
+vocab_size = 4096  # bigger vocabularies measured better at a fixed time, up to 4096 (README: why the CPU defaults)
 d_model = 128
 n_heads = 4
 n_layers = 4
 d_ff = 512
 max_seq_len = 128
 dropout = 0.0  # on CPU dropout costs about half a step; a few minutes of training cannot overfit anyway
-batch_size = 8  # smaller batches, more steps: measured better for a fixed time (README, Quality)
+batch_size = 8  # smaller batches, more steps: measured better for a fixed time (README: why the CPU defaults)
 learning_rate = 5e-3
 warmup_iters = 50
 max_iters = 2500
