@@ -122,7 +122,7 @@ def bench_quality(data=DATA, seconds=75, vocab_size=4096, learning_rate=5e-3, ba
     (4 layers, 4 heads, d_model 128, d_ff 512, context 64, dropout 0), with our BPE instead of characters.
     A short run measures the speed first; each seed's run then gets as many iterations as fit in `seconds`,
     and its real training time (the log's clock, less the two evaluations) is reported next to it."""
-    seconds = float(seconds)
+    seconds, batch_size = float(seconds), int(batch_size)  # from the command line they arrive as strings
     rows = [("seed", "iterations", "training time", "validation loss (nats/token)", "validation bits per byte")]
     with tempfile.TemporaryDirectory() as d:
         args = [f"--data_path={data}", f"--cache_dir={d}/cache", f"--out_dir={d}/out", f"--vocab_size={vocab_size}",
@@ -133,11 +133,12 @@ def bench_quality(data=DATA, seconds=75, vocab_size=4096, learning_rate=5e-3, ba
                                             capture_output=True, text=True, check=True)
         run("--max_iters=60", "--eval_interval=1000", "--eval_iters=1")
         tokens_per_sec = float(read_log(f"{d}/out")[-1]["tokens_per_sec"])
-        max_iters = int(seconds * tokens_per_sec / (int(batch_size) * 64))
+        max_iters = int(seconds * tokens_per_sec / (batch_size * 64))
         results = []
         for seed in seeds.split(","):
             run(f"--max_iters={max_iters}", f"--eval_interval={max_iters}", "--eval_iters=200", f"--seed={seed}")
-            first, last = read_log(f"{d}/out")[0], read_log(f"{d}/out")[-1]
+            log = read_log(f"{d}/out")
+            first, last = log[0], log[-1]
             # elapsed_s is taken after each evaluation; the first row's is the first evaluation's length
             train_seconds = float(last["elapsed_s"]) - 2 * float(first["elapsed_s"])
             results.append((float(last["val_bpb"]), train_seconds))

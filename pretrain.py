@@ -61,7 +61,7 @@ warmup_iters = 100
 lr_decay_iters = 0  # 0 means max_iters
 weight_decay = 0.1
 beta1 = 0.9
-beta2 = 0.95  # measured better than 0.99 for these short runs (README, Benchmarks)
+beta2 = 0.95  # measured better than 0.99 for these short runs (README: why the CPU defaults)
 grad_clip = 1.0  # 0 turns clipping off
 # system
 device = "auto"  # 'auto' picks cuda, then mps, then cpu
