@@ -116,12 +116,12 @@ def read_log(out_dir):
         return list(csv.DictReader(f))
 
 
-def bench_quality(data=DATA, seconds=75, vocab_size=4096, learning_rate=5e-3, batch_size=8, warmup_iters=20,
+def bench_quality(data=DATA, seconds=75, vocab_size=6144, learning_rate=5e-3, batch_size=8, warmup_iters=20,
                   seeds="1337,1,2", **overrides):
     """Validation bits per byte after training pretrain.py for a fixed wall-clock at nanoGPT's CPU shape
     (4 layers, 4 heads, d_model 128, d_ff 512, context 64, dropout 0), with our BPE instead of characters.
-    A short run measures the speed first; each seed's run then gets as many iterations as fit in `seconds`,
-    and its real training time (the log's clock, less the two evaluations) is reported next to it."""
+    Every seed's run gets the same iteration count, calibrated to `seconds` (see below), and its real training
+    time (the log's clock, less the two evaluations) is reported next to it."""
     seconds, batch_size = float(seconds), int(batch_size)  # from the command line they arrive as strings
     rows = [("seed", "iterations", "training time", "validation loss (nats/token)", "validation bits per byte")]
     with tempfile.TemporaryDirectory() as d:
@@ -131,19 +131,26 @@ def bench_quality(data=DATA, seconds=75, vocab_size=4096, learning_rate=5e-3, ba
                 "--device=cpu"] + [f"--{k}={v}" for k, v in overrides.items()]
         run = lambda *extra: subprocess.run([sys.executable, os.path.join(HERE, "pretrain.py"), *args, *extra],
                                             capture_output=True, text=True, check=True)
-        run("--max_iters=60", "--eval_interval=1000", "--eval_iters=1")
-        tokens_per_sec = float(read_log(f"{d}/out")[-1]["tokens_per_sec"])
-        max_iters = int(seconds * tokens_per_sec / (batch_size * 64))
-        results = []
-        for seed in seeds.split(","):
-            run(f"--max_iters={max_iters}", f"--eval_interval={max_iters}", "--eval_iters=200", f"--seed={seed}")
-            log = read_log(f"{d}/out")
-            first, last = log[0], log[-1]
+
+        def train(iters, seed, eval_iters=200):
+            """Train for iters steps; returns (validation loss, bits per byte, seconds spent training)."""
+            run(f"--max_iters={iters}", f"--eval_interval={iters}", f"--eval_iters={eval_iters}", f"--seed={seed}")
+            first, last = read_log(f"{d}/out")
             # elapsed_s is taken after each evaluation; the first row's is the first evaluation's length
-            train_seconds = float(last["elapsed_s"]) - 2 * float(first["elapsed_s"])
-            results.append((float(last["val_bpb"]), train_seconds))
-            rows.append((seed, max_iters, f"{train_seconds:.0f} s", last["val_loss"], last["val_bpb"]))
-    bpb, train_seconds = statistics.median(b for b, _ in results), statistics.median(t for _, t in results)
+            return last["val_loss"], float(last["val_bpb"]), float(last["elapsed_s"]) - 2 * float(first["elapsed_s"])
+
+        # A 100-step probe gives a first count; long runs step more slowly than short ones, so the first
+        # seed's run is repeated with the count rescaled whenever it trained more than 5% off the budget.
+        seeds = seeds.split(",")
+        max_iters = int(seconds * 100 / train(100, seeds[0], eval_iters=1)[2])
+        result = train(max_iters, seeds[0])
+        if abs(result[2] / seconds - 1) > 0.05:
+            max_iters = int(max_iters * seconds / result[2])
+            result = train(max_iters, seeds[0])
+        results = [result] + [train(max_iters, seed) for seed in seeds[1:]]
+        for seed, (loss, bpb, train_seconds) in zip(seeds, results):
+            rows.append((seed, max_iters, f"{train_seconds:.0f} s", loss, f"{bpb:.4f}"))
+    bpb, train_seconds = statistics.median(r[1] for r in results), statistics.median(r[2] for r in results)
     rows.append(("median", max_iters, f"{train_seconds:.0f} s", "", f"{bpb:.3f} = {bpb / 2.72:.2f}x nanoGPT's 2.72 "
                  "(goal <= 0.85x)"))
     print_table(f"quality on {os.path.basename(data)}: {seconds:.0f} s of training at nanoGPT's CPU shape, vocabulary "

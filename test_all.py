@@ -9,6 +9,7 @@ import array
 import csv
 import dataclasses
 import hashlib
+import importlib.util
 import json
 import math
 import os
@@ -1000,6 +1001,20 @@ def ft_rows(words=("cat", "dog", "sun", "hat", "pen", "cup", "box", "bee")):
     for w in words:
         rows += [(f"Repeat {w}.", f"{w} {w} {w}", 5), (f"Repeat {w}.", w, 3), (f"Repeat {w}.", "Go away.", 1)]
     return rows
+
+
+def test_default_fine_tune_data_is_what_its_generator_writes_and_has_the_promised_shape():
+    spec = importlib.util.spec_from_file_location("make_fine_tune_data", os.path.join(REPO, "data", "make_fine_tune_data.py"))
+    generator = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(generator)
+    generator.check()  # every good function passes its test, every wrong one fails, every stated fact is evaluated
+    path = os.path.join(REPO, "data", "fine_tune_data.csv")
+    df = finetune.clean_rows(finetune.read_rows(path), path)
+    assert list(df.itertuples(index=False, name=None)) == [(p, r.strip(), k) for p, r, k in generator.make_rows()]
+    per_prompt = df.groupby("prompt", sort=False)["rating"].agg(list)
+    assert len(per_prompt) >= 100
+    assert all(2 <= len(ratings) <= 4 and len(set(ratings)) == len(ratings) for ratings in per_prompt)
+    assert set(df["rating"]) == {1, 2, 3, 4, 5}
 
 
 def test_finetune_loss_mask_is_exactly_the_response_and_end_token(ft_tokenizer):
