@@ -7,6 +7,7 @@ n_heads = 4
 n_layers = 4
 d_ff = 512
 max_seq_len = 128
+bias = False  # as in nanoGPT: about 7% faster per step here and as good (README: why the CPU defaults)
 dropout = 0.0  # on CPU dropout costs about half a step; a few minutes of training cannot overfit anyway
 batch_size = 8  # smaller batches, more steps: measured better for a fixed time (README: why the CPU defaults)
 learning_rate = 5e-3
