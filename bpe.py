@@ -87,7 +87,11 @@ def _text_blocks(path, block_chars, specials=(), cuttable=True):
     carry = ""
     with open(path, encoding="utf-8", newline="") as f:  # newline="": keep \r\n as it is
         while True:
-            block = f.read(block_chars)
+            try:
+                block = f.read(block_chars)
+            except UnicodeDecodeError as e:
+                raise ValueError(f"{path} is not UTF-8 text (byte 0x{e.object[e.start]:02x} cannot start or continue "
+                                 f"a character); convert it to UTF-8 first") from None
             text = carry + block
             if not block:
                 break
@@ -507,7 +511,10 @@ if __name__ == "__main__":
         bars[stage].update(done - bars[stage].n)
 
     t0 = time.perf_counter()
-    tok = Tokenizer.train_file(path, vocab_size, specials, progress=progress)
+    try:
+        tok = Tokenizer.train_file(path, vocab_size, specials, progress=progress)
+    except (ValueError, FileNotFoundError) as e:
+        sys.exit(str(e))
     seconds = time.perf_counter() - t0
     for bar in bars.values():
         bar.close()

@@ -247,7 +247,10 @@ if __name__ == "__main__":
     if not master:
         dist.barrier()
     text_path = fetch_corpus(data_path)
-    tokenizer, tokenizer_cache_path, tokenizer_sha, ids_path, ids_dtype = prepare_tokens(text_path)
+    try:
+        tokenizer, tokenizer_cache_path, tokenizer_sha, ids_path, ids_dtype = prepare_tokens(text_path)
+    except ValueError as e:  # bpe.py's one-sentence errors, such as a file that is not UTF-8
+        raise SystemExit(str(e))
     if master and world_size > 1:
         dist.barrier()
     n_tokens = len(np.memmap(ids_path, dtype=ids_dtype, mode="r"))

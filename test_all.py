@@ -434,6 +434,19 @@ def test_tokenizer_train_file_matches_train(tmp_path):
         assert tok2.merges == tok.merges and tok2.special_tokens == tok.special_tokens
 
 
+def test_tokenizer_file_that_is_not_utf8_is_one_sentence_naming_it(tmp_path):
+    path = tmp_path / "latin1.txt"
+    path.write_bytes("café au lait\n".encode("latin-1") * 50)
+    tok = Tokenizer.train("café au lait", vocab_size=260)
+    for read in (lambda: Tokenizer.train_file(str(path), vocab_size=300),
+                 lambda: tok.encode_file(str(path), str(tmp_path / "ids.bin"))):
+        with pytest.raises(ValueError, match=r"latin1\.txt is not UTF-8 text \(byte 0xe9 .*convert it to UTF-8"):
+            read()
+    result = subprocess.run([sys.executable, os.path.join(REPO, "bpe.py"), str(path), "--out=" + str(tmp_path / "t.json")],
+                            capture_output=True, text=True)
+    assert result.returncode == 1 and "Traceback" not in result.stderr and "is not UTF-8 text" in result.stderr
+
+
 # ====================================================================================================
 # model: model.py
 # ====================================================================================================
@@ -960,6 +973,14 @@ def test_pretrain_under_torchrun_keeps_both_ranks_identical(tmp_path):
 def test_pretrain_missing_data_file_is_one_clear_sentence(tmp_path):
     result = run_script("pretrain.py", tiny_args(tmp_path, tmp_path / "nope.txt"), check=False)
     assert result.returncode != 0 and "nope.txt does not exist" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_pretrain_data_file_that_is_not_utf8_is_one_clear_sentence(tmp_path):
+    path = tmp_path / "latin1.txt"
+    path.write_bytes("café au lait\n".encode("latin-1") * 50)
+    result = run_script("pretrain.py", tiny_args(tmp_path, path), check=False)
+    assert result.returncode != 0 and "latin1.txt is not UTF-8 text" in result.stderr
     assert "Traceback" not in result.stderr
 
 
