@@ -374,7 +374,8 @@ def measure_peak_flops(device="cpu", dtype=torch.float32):
     that MFU is measured against. Takes well under a second."""
     device = torch.device(device)
     n = 1536 if device.type == "cpu" else 8192
-    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    g = torch.Generator().manual_seed(0)  # its own generator: measuring must not move the training RNG
+    a, b = (torch.randn(n, n, generator=g).to(device=device, dtype=dtype) for _ in range(2))
     sync = torch.cuda.synchronize if device.type == "cuda" else torch.mps.synchronize if device.type == "mps" else None
     times = []
     for _ in range(6):

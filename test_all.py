@@ -617,6 +617,12 @@ def test_model_counts_and_mfu():
     assert measure_peak_flops("cpu") > 1e8
 
 
+def test_measuring_the_peak_leaves_the_global_rng_alone():
+    state = torch.get_rng_state()
+    measure_peak_flops("cpu")
+    assert torch.equal(torch.get_rng_state(), state)
+
+
 def test_generate_temperature_zero_is_greedy():
     model = tiny_model()
     idx = torch.randint(0, 50, (2, 5))
