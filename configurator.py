@@ -19,6 +19,7 @@ import difflib
 import json
 import os
 import sys
+import types
 
 SETTING_TYPES = (int, float, bool, str, type(None))
 JSON_SECTIONS = ("model", "training", "finetuning")
@@ -83,8 +84,10 @@ def _read_python_config(path):
             exec(compile(f.read(), path, "exec"), namespace)
     except SyntaxError as e:
         _fail(f"config file {path} has a syntax error on line {e.lineno}: {e.msg}")
-    # keep plain assignments; imported modules and helpers a config file may use are not settings
-    return {k: v for k, v in namespace.items() if not k.startswith("_") and isinstance(v, SETTING_TYPES)}
+    # imported modules, functions and classes a config file may use are not settings; every other name is one,
+    # whatever its type, so that a misspelt name or a list where a number belongs is an error, never ignored
+    helpers = (types.ModuleType, types.FunctionType, types.BuiltinFunctionType, type)
+    return {k: v for k, v in namespace.items() if not k.startswith("_") and not isinstance(v, helpers)}
 
 
 def _read_json_config(path, json_sections):
@@ -138,7 +141,8 @@ def configure(script_globals, json_sections=(), argv=None, verbose=True):
             continue
         if not os.path.isfile(arg):
             _fail(f"config file {arg} not found (settings are given as --name=value)")
-        values = _read_json_config(arg, json_sections) if arg.endswith(".json") else _read_python_config(arg)
+        is_json = arg.lower().endswith(".json")
+        values = _read_json_config(arg, json_sections) if is_json else _read_python_config(arg)
         for name, value in values.items():
             if name not in defaults:
                 _unknown(name, defaults, arg)

@@ -23,6 +23,7 @@ import hashlib
 import math
 import os
 import random
+import shutil
 import signal
 import time
 from contextlib import nullcontext
@@ -357,6 +358,12 @@ def rng_state():
 
 
 def write_checkpoint():
+    # the tokenizer goes into out_dir with the first checkpoint, so that a run stopping earlier leaves the
+    # previous run's checkpoint next to its own tokenizer
+    tokenizer_out = os.path.join(out_dir, "tokenizer.json")
+    if not os.path.exists(tokenizer_out) or file_sha256(tokenizer_out) != tokenizer_sha:
+        shutil.copyfile(tokenizer_path, tokenizer_out + ".tmp")
+        os.replace(tokenizer_out + ".tmp", tokenizer_out)
     checkpoint = {
         "kind": "finetune", "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
         "model_config": dataclasses.asdict(model_config), "config": settings, "iter_num": iter_num,
@@ -391,9 +398,17 @@ if __name__ == "__main__":
         raise SystemExit(f"min_rating must be 1 to 5, not {min_rating}")
     if not 0 < val_fraction < 1:
         raise SystemExit(f"val_fraction must be between 0 and 1, not {val_fraction}")
+    for name in ("batch_size", "eval_interval"):
+        if globals()[name] < 1:
+            raise SystemExit(f"{name} must be at least 1, not {globals()[name]}")
+    if max_iters < 0 or n_epochs < 0:
+        raise SystemExit(f"max_iters and n_epochs must not be negative (got {max_iters} and {n_epochs})")
     if dtype not in ("float32", "bfloat16"):
         raise SystemExit(f"dtype must be 'float32' or 'bfloat16', not '{dtype}'")
-    run_device = pick_device(device)
+    try:
+        run_device = pick_device(device)
+    except ValueError as e:
+        raise SystemExit(str(e))
     device_type = run_device.split(":")[0]
     autocast = torch.autocast(device_type, dtype=torch.bfloat16) if dtype == "bfloat16" else nullcontext()
     torch.manual_seed(seed)
@@ -469,7 +484,11 @@ if __name__ == "__main__":
             reference.load_state_dict(checkpoint["reference_model"])
         reference.requires_grad_(False)
     optimizer = model.configure_optimizer(weight_decay, learning_rate, (beta1, beta2), device_type)
-    total_iters = math.ceil(n_epochs * len(train_examples) / batch_size) if n_epochs > 0 else max_iters
+    total_iters = max_iters
+    if n_epochs > 0:
+        total_iters = math.ceil(n_epochs * len(train_examples) / batch_size)
+        print(f"n_epochs={n_epochs}: {total_iters} iterations, in place of max_iters={max_iters} "
+              f"(--n_epochs=0 trains for max_iters)")
     iter_num, best_val_loss = 0, float("inf")
     if init_from == "resume":
         optimizer.load_state_dict(checkpoint["optimizer"])
@@ -483,9 +502,6 @@ if __name__ == "__main__":
     del checkpoint
     start_iter = iter_num
     os.makedirs(out_dir, exist_ok=True)
-    if init_from != "resume":
-        with open(tokenizer_path, "rb") as src, open(os.path.join(out_dir, "tokenizer.json"), "wb") as dst:
-            dst.write(src.read())
     raw_model = model  # checkpoints hold the plain module's weights, never a compiled wrapper's
     if compile:
         model = torch.compile(model)
@@ -549,7 +565,8 @@ if __name__ == "__main__":
     progress.close()
     if not stop_requested:
         last = metrics
-        summary = f"done in {time.time() - run_start:.0f}s; checkpoint {checkpoint_path}"
+        saved = f"checkpoint {checkpoint_path}" if iter_num > start_iter else "no steps to take, so nothing saved"
+        summary = f"done in {time.time() - run_start:.0f}s; {saved}"
         if first is not None and first is not last and first["loss_r5"] and last and last["loss_r5"]:
             summary += (f"; rating-5 response loss {first['loss_r5']:.3f} -> {last['loss_r5']:.3f} "
                         f"({1 - last['loss_r5'] / first['loss_r5']:.0%} lower), preference score "

@@ -341,6 +341,7 @@ def save_checkpoint(checkpoint, path):
     model_state = checkpoint.get("model", {}) if isinstance(checkpoint, dict) else {}
     if any(key.startswith("_orig_mod.") for key in model_state):
         raise ValueError("the model state_dict comes from a torch.compile wrapper; save model._orig_mod.state_dict().")
+    path = os.fspath(path)  # a str or a pathlib.Path
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     tmp_path = path + ".tmp"
     with open(tmp_path, "wb") as f:
@@ -359,14 +360,18 @@ def load_checkpoint(path, map_location="cpu"):
 
 
 def pick_device(name="auto"):
-    """'auto' picks cuda, then mps (Apple GPUs), then cpu; any other name is used as given."""
-    if name != "auto":
-        return name
-    if torch.cuda.is_available():
-        return "cuda"
-    if torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
+    """'auto' picks cuda, then mps (Apple GPUs), then cpu. A name given is checked here, so that asking for a GPU
+    the machine lacks is one clear ValueError instead of a failure deep inside torch."""
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    kind, _, index = name.partition(":")
+    counts = {"cpu": 1, "cuda": torch.cuda.device_count() if torch.cuda.is_available() else 0,
+              "mps": int(torch.backends.mps.is_available())}
+    if kind not in counts or (index and (kind != "cuda" or not index.isdigit())):
+        raise ValueError(f"device '{name}' is not one of auto, cpu, cuda, cuda:N or mps")
+    if counts[kind] <= (int(index) if index else 0):
+        raise ValueError(f"device '{name}' is not available on this machine; use device='auto' or 'cpu'")
+    return name
 
 
 def measure_peak_flops(device="cpu", dtype=torch.float32):

@@ -74,10 +74,13 @@ SPECIAL_TOKENS = ["<|endoftext|>", "<|prompt|>", "<|response|>"] + [f"<|rating_{
 
 def setup_distributed():
     """Return (rank, world_size, device) and start the process group when run under torchrun."""
+    try:
+        run_device = pick_device(device)
+    except ValueError as e:
+        raise SystemExit(str(e))
     if "RANK" not in os.environ:
-        return 0, 1, pick_device(device)
+        return 0, 1, run_device
     rank, local_rank, world_size = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"])
-    run_device = pick_device(device)
     if run_device.startswith("cuda"):
         run_device = f"cuda:{local_rank}"
         torch.cuda.set_device(run_device)
@@ -103,7 +106,9 @@ def build_default_corpus(path):
 def fetch_corpus(path):
     """Return a local text file for data_path: download a URL once, build the default corpus if asked."""
     if path.startswith(("http://", "https://")):
-        local = os.path.join(cache_dir, os.path.basename(path.rstrip("/")) or "download.txt")
+        # named after the whole URL, so that two URLs ending in the same file name never share a download
+        name = os.path.basename(path.rstrip("/")) or "download.txt"
+        local = os.path.join(cache_dir, f"{hashlib.sha256(path.encode()).hexdigest()[:12]}-{name}")
         if not os.path.exists(local):
             os.makedirs(cache_dir, exist_ok=True)
             print(f"downloading {path} to {local}")
@@ -112,12 +117,16 @@ def fetch_corpus(path):
             except OSError as e:
                 raise SystemExit(f"could not download data_path {path} ({e}); download it yourself and give the file")
             os.replace(local + ".tmp", local)
-        return local
-    if not os.path.exists(path):
+        path = local
+    elif os.path.isdir(path):
+        raise SystemExit(f"data_path {path} is a directory; give a UTF-8 text file or an http(s) URL")
+    elif not os.path.exists(path):
         if path == "data/data.txt":
             build_default_corpus(path)
         else:
             raise SystemExit(f"data_path {path} does not exist; give a UTF-8 text file or an http(s) URL")
+    if os.path.getsize(path) == 0:
+        raise SystemExit(f"data_path {path} is an empty file; give a UTF-8 text file with some text in it")
     return path
 
 
@@ -201,6 +210,12 @@ def rng_state():
 
 
 def write_checkpoint():
+    # the run's tokenizer goes into out_dir with its first checkpoint, not before: a new run that stops early
+    # leaves the previous run's checkpoint next to the tokenizer it was trained with
+    tokenizer_out = os.path.join(out_dir, "tokenizer.json")
+    if not os.path.exists(tokenizer_out) or file_sha256(tokenizer_out) != tokenizer_sha:
+        shutil.copyfile(tokenizer_cache_path, tokenizer_out + ".tmp")
+        os.replace(tokenizer_out + ".tmp", tokenizer_out)
     checkpoint = {
         "kind": "pretrain", "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
         "model_config": dataclasses.asdict(model_config), "config": settings,
@@ -229,6 +244,13 @@ if __name__ == "__main__":
         raise SystemExit(f"dtype must be 'float32' or 'bfloat16', not '{dtype}'")
     if vocab_size < 256 + len(SPECIAL_TOKENS):
         raise SystemExit(f"vocab_size must be at least {256 + len(SPECIAL_TOKENS)} (256 bytes + special tokens)")
+    for name in ("batch_size", "grad_accum_steps", "eval_interval", "eval_iters"):
+        if globals()[name] < 1:
+            raise SystemExit(f"{name} must be at least 1, not {globals()[name]}")
+    if max_iters < 0 or n_epochs < 0:
+        raise SystemExit(f"max_iters and n_epochs must not be negative (got {max_iters} and {n_epochs})")
+    if not 0 < val_fraction < 1:
+        raise SystemExit(f"val_fraction must be between 0 and 1, not {val_fraction}")
 
     rank, world_size, run_device = setup_distributed()
     master = rank == 0
@@ -264,7 +286,11 @@ if __name__ == "__main__":
     del val_ids
     tokens_per_iter = grad_accum_steps * batch_size * max_seq_len
     if n_epochs > 0:
-        max_iters = math.ceil(n_epochs * n_train_tokens / tokens_per_iter)
+        epoch_iters = math.ceil(n_epochs * n_train_tokens / tokens_per_iter)
+        if master:
+            print(f"n_epochs={n_epochs}: {epoch_iters} iterations, in place of max_iters={max_iters} "
+                  f"(--n_epochs=0 trains for max_iters)")
+        max_iters = epoch_iters
 
     model_config = GPTConfig(vocab_size=tokenizer.vocab_size, d_model=d_model, n_heads=n_heads, n_layers=n_layers,
                              d_ff=d_ff, max_seq_len=max_seq_len, dropout=dropout, bias=bias)
@@ -277,6 +303,9 @@ if __name__ == "__main__":
         if not os.path.exists(checkpoint_path):
             raise SystemExit(f"init_from='resume' but there is no {checkpoint_path}; start with init_from='scratch'")
         checkpoint = load_checkpoint(checkpoint_path, map_location=run_device)
+        if checkpoint.get("kind") != "pretrain":
+            raise SystemExit(f"{checkpoint_path} is a {checkpoint.get('kind', 'foreign')} checkpoint, not pretrain.py's; "
+                             f"resume a fine-tuning run with finetune.py --init_from=resume")
         for key, value in dataclasses.asdict(model_config).items():
             if checkpoint["model_config"].get(key) != value:
                 raise SystemExit(f"{checkpoint_path} has {key}={checkpoint['model_config'].get(key)} but the settings "
@@ -302,7 +331,6 @@ if __name__ == "__main__":
     start_iter = iter_num
     if master:
         os.makedirs(out_dir, exist_ok=True)
-        shutil.copyfile(tokenizer_cache_path, os.path.join(out_dir, "tokenizer.json"))
 
     raw_model = model  # checkpoints hold the plain module's weights: no '_orig_mod.' or 'module.' prefixes
     if compile:
@@ -395,4 +423,5 @@ if __name__ == "__main__":
         print(f"rank {rank}: weights sha256 {digest.hexdigest()}", flush=True)
         dist.destroy_process_group()
     if master and not stop_requested:
-        print(f"done in {time.time() - run_start:.0f}s; best val loss {best_val_loss:.4f}; checkpoint {checkpoint_path}")
+        saved = f"checkpoint {checkpoint_path}" if iter_num > start_iter else "no steps to take, so nothing saved"
+        print(f"done in {time.time() - run_start:.0f}s; best val loss {best_val_loss:.4f}; {saved}")

@@ -24,7 +24,7 @@ max_new_tokens = 300
 temperature = 0.8  # 0 picks the most likely token every time
 top_k = 200  # 0 turns it off
 top_p = 0.95  # 1.0 turns it off
-rating = 5  # for a checkpoint fine-tuned with rating_mode='condition': the rating asked for
+rating = None  # for a checkpoint fine-tuned with rating_mode='condition': the rating asked for (None: 5)
 chat = False  # a prompt loop (fine-tuned checkpoints)
 seed = 1337
 device = "auto"
@@ -39,6 +39,8 @@ def load_run(run_dir, run_device):
                          f"or point --out_dir at a run")
     checkpoint = load_checkpoint(checkpoint_path, map_location=run_device)
     tokenizer_path = os.path.join(run_dir, checkpoint["tokenizer_path"])
+    if not os.path.isfile(tokenizer_path):
+        raise SystemExit(f"{tokenizer_path} is missing; it is written next to {checkpoint_path}, so restore it or retrain")
     with open(tokenizer_path, "rb") as f:
         if hashlib.sha256(f.read()).hexdigest() != checkpoint["tokenizer_sha256"]:
             raise SystemExit(f"{tokenizer_path} is not the tokenizer {checkpoint_path} was trained with; "
@@ -75,7 +77,7 @@ def answer(prompt):
     special = tokenizer.special_tokens
     prefix = [special[template["prompt"]]]
     if template.get("rating_token"):  # rating_mode='condition' learned to answer at the rating it is asked for
-        prefix = [special[f"<|rating_{rating}|>"]] + prefix
+        prefix = [special[f"<|rating_{rating or 5}|>"]] + prefix
     prompt_ids = crop_left(tokenizer.encode(prompt), model.config.max_seq_len - len(prefix) - 2, "the prompt")
     stream(prefix + prompt_ids + [special[template["response"]]], stop_token=special[template["end"]])
 
@@ -83,15 +85,27 @@ def answer(prompt):
 # -----------------------------------------------------------------------------
 if __name__ == "__main__":
     configure(globals())
-    if not 1 <= rating <= 5:
-        raise SystemExit(f"rating must be 1 to 5, not {rating}")
-    run_device = pick_device(device)
+    if rating is not None and rating not in (1, 2, 3, 4, 5):
+        raise SystemExit(f"rating must be 1 to 5, not {rating!r}")
+    if temperature < 0 or top_k < 0 or not 0 < top_p <= 1:
+        raise SystemExit(f"temperature must be >= 0, top_k >= 0 and top_p in (0, 1]; got {temperature}, {top_k}, {top_p}")
+    if num_samples < 1 or max_new_tokens < 1:
+        raise SystemExit(f"num_samples and max_new_tokens must be at least 1; got {num_samples} and {max_new_tokens}")
+    try:
+        run_device = pick_device(device)
+    except ValueError as e:
+        raise SystemExit(str(e))
     torch.manual_seed(seed)
     model, tokenizer, checkpoint = load_run(out_dir, run_device)
     if start.startswith("FILE:"):
-        with open(start[5:], encoding="utf-8") as f:
-            start = f.read()
+        try:
+            with open(start[5:], encoding="utf-8") as f:
+                start = f.read()
+        except (OSError, UnicodeDecodeError) as e:
+            raise SystemExit(f"cannot read the prompt file {start[5:]} ({e.strerror if isinstance(e, OSError) else e.reason})")
     fine_tuned = checkpoint["kind"] == "finetune"
+    if rating is not None and not (fine_tuned and checkpoint["template"].get("rating_token")):
+        raise SystemExit(f"--rating is only for a checkpoint fine-tuned with rating_mode='condition'; {out_dir} is not one")
 
     if chat:
         if not fine_tuned:
@@ -104,10 +118,17 @@ if __name__ == "__main__":
             except (EOFError, KeyboardInterrupt):
                 print()
                 break
-            if prompt:
-                answer(prompt)
+            try:
+                if prompt:
+                    answer(prompt)
+            except KeyboardInterrupt:  # Ctrl-C during an answer stops the answer, not the loop
+                print()
     elif fine_tuned:
-        for _ in range(num_samples):
+        if not start.strip():
+            raise SystemExit("a fine-tuned model answers a prompt: give one with --start=..., or use --chat=True")
+        for i in range(num_samples):
+            if i:
+                print("-" * 40)
             answer(start)
     else:
         eot = tokenizer.special_tokens["<|endoftext|>"]

@@ -15,6 +15,7 @@ import math
 import os
 import random
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -28,7 +29,7 @@ from bpe import Tokenizer
 from configurator import configure
 import finetune
 from model import (GPT, GPTConfig, KVCache, LayerNorm, SinusoidalPositions, load_checkpoint, measure_peak_flops,
-                   sample_next_token, save_checkpoint)
+                   pick_device, sample_next_token, save_checkpoint)
 
 REPO = os.path.dirname(os.path.abspath(__file__))
 SPECIAL_TOKENS = ["<|endoftext|>", "<|prompt|>", "<|response|>"] + [f"<|rating_{r}|>" for r in range(1, 6)]  # as pretrain.py trains them
@@ -623,6 +624,14 @@ def test_measuring_the_peak_leaves_the_global_rng_alone():
     assert torch.equal(torch.get_rng_state(), state)
 
 
+def test_pick_device_refuses_unknown_and_unavailable_devices():
+    assert pick_device("cpu") == "cpu" and pick_device("auto") in ("cpu", "cuda", "mps")
+    with pytest.raises(ValueError, match="device 'gpu' is not one of auto, cpu, cuda"):
+        pick_device("gpu")
+    with pytest.raises(ValueError, match="device 'cuda:99' is not available on this machine"):
+        pick_device("cuda:99")
+
+
 def test_generate_temperature_zero_is_greedy():
     model = tiny_model()
     idx = torch.randint(0, 50, (2, 5))
@@ -827,6 +836,25 @@ def test_configurator_python_file_sets_values_and_rejects_unknown_names(tmp_path
         configure(fresh_settings(), argv=[str(bad)], verbose=False)
 
 
+def test_configurator_python_file_rejects_a_misspelt_name_or_a_wrong_type_whatever_the_value(tmp_path):
+    misspelt = tmp_path / "misspelt.py"
+    misspelt.write_text("n_layer = [4]\n")
+    with pytest.raises(SystemExit, match="unknown setting 'n_layer' .*did you mean 'n_layers'"):
+        configure(fresh_settings(), argv=[str(misspelt)], verbose=False)
+    wrong_type = tmp_path / "wrong_type.py"
+    wrong_type.write_text('device = ["cpu"]\n')
+    with pytest.raises(SystemExit, match="setting 'device' in .*wrong_type.py expects str"):
+        configure(fresh_settings(), argv=[str(wrong_type)], verbose=False)
+
+
+def test_configurator_reads_json_whatever_the_case_of_its_suffix(tmp_path):
+    path = tmp_path / "CONFIG.JSON"
+    path.write_text('{"model": {"n_layers": 2}}')
+    settings = fresh_settings()
+    configure(settings, json_sections=("model",), argv=[str(path)], verbose=False)
+    assert settings["n_layers"] == 2
+
+
 def test_configurator_reads_nested_config_json_sections(tmp_path):
     path = tmp_path / "config.json"
     path.write_text('{"model": {"n_layers": 2}, "training": {"learning_rate": 1, "device": "cuda"},'
@@ -994,6 +1022,76 @@ def test_sample_prints_the_prompt_and_a_continuation(tiny_run):
     out_dir = tiny_run[0] / "out"
     result = run_script("sample.py", [f"--out_dir={out_dir}", "--start=the cat", "--max_new_tokens=20"])
     assert result.stdout.startswith("the cat") and len(result.stdout) > len("the cat\n")
+
+
+def test_pretrain_new_run_that_saves_nothing_leaves_the_previous_checkpoint_and_tokenizer_together(tiny_run, tmp_path):
+    run_dir, corpus = tiny_run
+    out_dir = tmp_path / "out"
+    shutil.copytree(run_dir / "out", out_dir)
+    before = (out_dir / "tokenizer.json").read_bytes()
+    result = run_script("pretrain.py", tiny_args(run_dir, corpus, out_dir=out_dir, vocab_size=310, max_iters=0))
+    assert "nothing saved" in result.stdout
+    assert (out_dir / "tokenizer.json").read_bytes() == before  # still the one ckpt.pt was trained with
+    run_script("sample.py", [f"--out_dir={out_dir}", "--start=the", "--max_new_tokens=5"])
+
+
+def test_pretrain_refuses_to_resume_a_fine_tuning_checkpoint(tiny_run, tmp_path):
+    run_dir, corpus = tiny_run
+    out_dir = tmp_path / "out"
+    shutil.copytree(run_dir / "out", out_dir)
+    checkpoint = load_checkpoint(out_dir / "ckpt.pt")
+    save_checkpoint({**checkpoint, "kind": "finetune"}, out_dir / "ckpt.pt")
+    result = run_script("pretrain.py", tiny_args(run_dir, corpus, out_dir=out_dir, init_from="resume", dropout=0.1),
+                        check=False)
+    assert result.returncode != 0 and "is a finetune checkpoint, not pretrain.py's" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("override, message", [
+    ("--eval_interval=0", "eval_interval must be at least 1, not 0"),
+    ("--val_fraction=0", "val_fraction must be between 0 and 1, not 0.0"),
+    ("--device=gpu", "device 'gpu' is not one of"),
+    ("--data_path=EMPTY", "is an empty file"),
+    ("--data_path=DIRECTORY", "is a directory"),
+])
+def test_pretrain_settings_and_data_that_cannot_work_are_one_sentence(tmp_path, override, message):
+    (tmp_path / "empty.txt").write_text("")
+    override = override.replace("EMPTY", str(tmp_path / "empty.txt")).replace("DIRECTORY", str(tmp_path))
+    result = run_script("pretrain.py", tiny_args(tmp_path, tmp_path / "corpus.txt") + [override], check=False)
+    assert result.returncode != 0 and message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_pretrain_downloads_two_urls_with_the_same_file_name_to_two_files(tmp_path):
+    import http.server
+    import threading
+    for name, seed in (("a", 0), ("b", 1)):
+        (tmp_path / "site" / name).mkdir(parents=True)
+        make_corpus(tmp_path / "site" / name / "input.txt", n_words=3000, seed=seed)
+    handler = lambda *args: http.server.SimpleHTTPRequestHandler(*args, directory=str(tmp_path / "site"))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        for name in ("a", "b"):
+            url = f"http://127.0.0.1:{server.server_address[1]}/{name}/input.txt"
+            run_script("pretrain.py", tiny_args(tmp_path, url, max_iters=0))
+    finally:
+        server.shutdown()
+    downloads = sorted((tmp_path / "cache").glob("*input.txt"))
+    assert [p.read_bytes() for p in downloads] in ([(tmp_path / "site" / n / "input.txt").read_bytes() for n in ab]
+                                                   for ab in (("a", "b"), ("b", "a")))
+
+
+@pytest.mark.parametrize("override, message", [
+    ("--top_p=0", "top_p in (0, 1]"),
+    ("--start=FILE:/no/such/prompt.txt", "cannot read the prompt file /no/such/prompt.txt"),
+    ("--rating=3", "--rating is only for a checkpoint fine-tuned with rating_mode='condition'"),
+    ("--device=cuda:99", "device 'cuda:99' is not available"),
+])
+def test_sample_bad_settings_are_one_sentence(tiny_run, override, message):
+    result = run_script("sample.py", [f"--out_dir={tiny_run[0] / 'out'}", override], check=False)
+    assert result.returncode != 0 and message in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_sample_without_a_checkpoint_says_how_to_train_one(tmp_path):
