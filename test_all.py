@@ -964,6 +964,31 @@ def test_pretrain_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path):
     assert torch.equal(a["rng"]["data"], b["rng"]["data"])
 
 
+def test_pretrain_every_training_setting_changes_the_trained_weights(tmp_path):
+    """No setting is read and then ignored: changing any one of them alone changes the weights after 4 steps."""
+    corpus = tmp_path / "corpus.txt"
+    make_corpus(corpus, n_words=4000)
+    variants = {"learning_rate": 1e-3, "min_lr_ratio": 0.5, "warmup_iters": 1, "lr_decay_iters": 3,
+                "weight_decay": 0.5, "beta1": 0.5, "beta2": 0.5, "grad_clip": 0.01, "grad_accum_steps": 2,
+                "batch_size": 4, "dropout": 0.1, "seed": 1, "max_seq_len": 16, "val_fraction": 0.3,
+                "dtype": "bfloat16"}
+
+    def args(name, value=None):
+        overrides = dict(max_iters=4, eval_interval=4, eval_iters=1, warmup_iters=2, cache_dir=tmp_path / "cache")
+        return tiny_args(tmp_path / name, corpus, **{**overrides, **({name: value} if value is not None else {})})
+    env = dict(os.environ, OMP_NUM_THREADS="1")  # one thread each, so that equal settings give equal weights
+    run_script("pretrain.py", args("base"), env=env)  # first, so that the others find the tokenizer cached
+    runs = {name: subprocess.Popen([sys.executable, os.path.join(REPO, "pretrain.py"), *args(name, value)], cwd=REPO,
+                                   env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            for name, value in [*variants.items(), ("control", None)]}  # control: the base again
+    base = load_checkpoint(tmp_path / "base" / "out" / "ckpt.pt")["model"]
+    for name, process in runs.items():
+        assert process.wait(timeout=300) == 0, process.stderr.read()
+        weights = load_checkpoint(tmp_path / name / "out" / "ckpt.pt")["model"]
+        changed = any(not torch.equal(weights[k], base[k]) for k in base)
+        assert changed != (name == "control"), f"{name}: {'changed' if changed else 'no effect'}"
+
+
 def test_pretrain_resume_refuses_a_checkpoint_of_another_shape(tiny_run):
     run_dir, corpus = tiny_run
     result = run_script("pretrain.py", tiny_args(run_dir, corpus, d_model=48, init_from="resume"), check=False)
