@@ -240,7 +240,7 @@ def bench_train(repeats=5):
 
 def bench_sample(new_tokens=500, repeats=3):
     """Batch 1, the wider shape (context 256), a full 256-token prompt, then new_tokens more, so the window
-    slides twice. use_cache=False runs the same windows without the cache; 'last 256' is nanoGPT's loop,
+    slides four times (each time the cache is refilled from the last 128 tokens). use_cache=False runs the same windows without the cache; 'last 256' is nanoGPT's loop,
     which always recomputes the last max_seq_len tokens."""
     torch.manual_seed(0)
     model = GPT(GPTConfig(**WIDER)).eval()
