@@ -908,6 +908,24 @@ def run_script(script, args, check=True, **kwargs):
     return result
 
 
+RUN_MANY = """
+import json, runpy, sys, torch
+torch.set_num_threads(1)  # the same arithmetic in every run, so that equal settings give equal weights
+script, runs = sys.argv[1], json.loads(sys.argv[2])
+for args in runs:
+    sys.argv = [script, *args]
+    runpy.run_path(script, run_name="__main__")
+"""
+
+
+def run_script_many_times(script, runs):
+    """Run script once per argument list in runs, all in one process (one import of torch, not one per run)."""
+    result = subprocess.run([sys.executable, "-c", RUN_MANY, os.path.join(REPO, script), json.dumps(runs)],
+                            capture_output=True, text=True, cwd=REPO, timeout=600)
+    if result.returncode != 0:
+        raise AssertionError(f"{script} failed:\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}")
+
+
 def read_log(out_dir):
     with open(os.path.join(out_dir, "log.csv")) as f:
         return list(csv.DictReader(f))
@@ -962,25 +980,21 @@ def test_pretrain_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path):
 
 
 def test_pretrain_every_training_setting_changes_the_trained_weights(tmp_path):
-    """No setting is read and then ignored: changing any one of them alone changes the weights after 4 steps."""
+    """No setting is read and then ignored: changing any one of them alone changes the weights after 4 steps, while
+    a control run with the base settings gives the base weights again."""
     corpus = tmp_path / "corpus.txt"
     make_corpus(corpus, n_words=4000)
     variants = {"learning_rate": 1e-3, "min_lr_ratio": 0.5, "warmup_iters": 1, "lr_decay_iters": 3,
                 "weight_decay": 0.5, "beta1": 0.5, "beta2": 0.5, "grad_clip": 0.01, "grad_accum_steps": 2,
                 "batch_size": 4, "dropout": 0.1, "seed": 1, "max_seq_len": 16, "val_fraction": 0.3,
-                "dtype": "bfloat16"}
+                "dtype": "bfloat16", "control": None}
 
     def args(name, value=None):
         overrides = dict(max_iters=4, eval_interval=4, eval_iters=1, warmup_iters=2, cache_dir=tmp_path / "cache")
         return tiny_args(tmp_path / name, corpus, **{**overrides, **({name: value} if value is not None else {})})
-    env = dict(os.environ, OMP_NUM_THREADS="1")  # one thread each, so that equal settings give equal weights
-    run_script("pretrain.py", args("base"), env=env)  # first, so that the others find the tokenizer cached
-    runs = {name: subprocess.Popen([sys.executable, os.path.join(REPO, "pretrain.py"), *args(name, value)], cwd=REPO,
-                                   env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-            for name, value in [*variants.items(), ("control", None)]}  # control: the base again
+    run_script_many_times("pretrain.py", [args("base")] + [args(name, value) for name, value in variants.items()])
     base = load_checkpoint(tmp_path / "base" / "out" / "ckpt.pt")["model"]
-    for name, process in runs.items():
-        assert process.wait(timeout=300) == 0, process.stderr.read()
+    for name in variants:
         weights = load_checkpoint(tmp_path / name / "out" / "ckpt.pt")["model"]
         changed = any(not torch.equal(weights[k], base[k]) for k in base)
         assert changed != (name == "control"), f"{name}: {'changed' if changed else 'no effect'}"
@@ -1410,6 +1424,28 @@ def test_finetune_script_logs_saves_and_resumes_bit_identically(tmp_path, ft_tok
     assert os.path.exists(tmp_path / "a" / "tokenizer.json")
     with open(tmp_path / "out" / "ckpt.pt", "rb") as f:
         assert f.read() == pretrained  # the pretrained run is never written to
+
+
+def test_finetune_every_training_setting_changes_the_trained_weights(tmp_path, ft_tokenizer):
+    """As for pretrain.py: each setting alone changes the weights after 4 steps; a control run repeats its base."""
+    pretrained_run(tmp_path / "out", ft_tokenizer)
+    write_csv(tmp_path / "d.csv", ft_rows())
+    variants = {"filter": {"learning_rate": 1e-3, "min_lr_ratio": 0.5, "warmup_iters": 1, "lr_decay_iters": 3,
+                           "weight_decay": 0.5, "beta2": 0.5, "grad_clip": 0.01, "batch_size": 3, "dropout": 0.1,
+                           "seed": 1, "min_rating": 3, "val_fraction": 0.4, "control": None},
+                "kto": {"kto_beta": 1.0, "kto_lambda_desirable": 2.0, "kto_lambda_undesirable": 2.0, "control": None}}
+
+    def args(mode, name, value=None):
+        overrides = dict(rating_mode=mode, max_iters=4, eval_interval=4, **({name: value} if value is not None else {}))
+        return ft_args(tmp_path, f"{mode}-{name}", **overrides)
+    run_script_many_times("finetune.py", [args(mode, "base") for mode in variants] +
+                          [args(mode, name, value) for mode in variants for name, value in variants[mode].items()])
+    for mode, names in variants.items():
+        base = load_checkpoint(tmp_path / f"{mode}-base" / "ckpt.pt")["model"]
+        for name in names:
+            weights = load_checkpoint(tmp_path / f"{mode}-{name}" / "ckpt.pt")["model"]
+            changed = any(not torch.equal(weights[k], base[k]) for k in base)
+            assert changed != (name == "control"), f"{mode} {name}: {'changed' if changed else 'no effect'}"
 
 
 def test_finetune_script_condition_mode_template_and_clean_errors(tmp_path, ft_tokenizer):
