@@ -209,7 +209,15 @@ def rng_state():
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
 
 
-def write_checkpoint():
+def every_rank_rng_state():
+    """rng_state() of every rank, in rank order, so that each rank resumes its own dropout and data streams.
+    A collective: under torchrun every rank must call it at the same step."""
+    states = [None] * world_size
+    dist.all_gather_object(states, rng_state())
+    return states
+
+
+def write_checkpoint(rank_rngs=None):
     # the run's tokenizer goes into out_dir with its first checkpoint, not before: a new run that stops early
     # leaves the previous run's checkpoint next to the tokenizer it was trained with
     tokenizer_out = os.path.join(out_dir, "tokenizer.json")
@@ -221,6 +229,7 @@ def write_checkpoint():
         "model_config": dataclasses.asdict(model_config), "config": settings,
         "iter_num": iter_num, "best_val_loss": best_val_loss,
         "tokenizer_path": "tokenizer.json", "tokenizer_sha256": tokenizer_sha, "rng": rng_state(),
+        "rank_rngs": rank_rngs or [],  # under torchrun: every rank's RNG states ("rng" is rank 0's)
     }
     save_checkpoint(checkpoint, os.path.join(out_dir, "ckpt.pt"))
 
@@ -316,12 +325,16 @@ if __name__ == "__main__":
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         iter_num, best_val_loss = checkpoint["iter_num"], checkpoint["best_val_loss"]
-        torch.set_rng_state(checkpoint["rng"]["torch"].cpu())
-        data_generator.set_state(checkpoint["rng"]["data"].cpu())
-        if checkpoint["rng"]["cuda"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all([state.cpu() for state in checkpoint["rng"]["cuda"]])
-        # rank r > 0 restores rank 0's dropout and data RNG; offset the data generator so ranks still differ
-        if rank:
+        rank_rngs = checkpoint.get("rank_rngs") or []
+        rng = rank_rngs[rank] if len(rank_rngs) == world_size > 1 else checkpoint["rng"]
+        torch.set_rng_state(rng["torch"].cpu())
+        data_generator.set_state(rng["data"].cpu())
+        if rng["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all([state.cpu() for state in rng["cuda"]])
+        if world_size > 1 and rng is checkpoint["rng"]:  # saved by another number of processes
+            if master:
+                print(f"{checkpoint_path} was saved by {max(1, len(rank_rngs))} processes, not {world_size}: every rank "
+                      f"continues from rank 0's random state, its data stream offset by its rank")
             data_generator.manual_seed(int(torch.randint(2**62, (1,), generator=data_generator)) + rank)
         del checkpoint
         if master:
@@ -359,8 +372,10 @@ if __name__ == "__main__":
     run_start, last_eval_iter = time.time(), None
     step_time, tokens_per_sec, mfu = 0.0, 0.0, 0.0
     while True:
-        if master and (iter_num % eval_interval == 0 or iter_num >= max_iters) and iter_num != last_eval_iter:
-            if not (iter_num == start_iter and init_from == "resume"):  # the checkpoint already covers it
+        if (iter_num % eval_interval == 0 or iter_num >= max_iters) and iter_num != last_eval_iter:
+            saving = iter_num > start_iter
+            rank_rngs = every_rank_rng_state() if saving and world_size > 1 else None  # every rank takes part
+            if master and not (iter_num == start_iter and init_from == "resume"):  # the checkpoint covers that one
                 losses = estimate_loss()
                 val_bpb = losses["val"] * val_tokens_per_byte / math.log(2)
                 log_evaluation({"iter": iter_num, "tokens": iter_num * tokens_per_iter,
@@ -371,8 +386,8 @@ if __name__ == "__main__":
                 progress.write(f"iter {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}, "
                                f"val {val_bpb:.3f} bits/byte")
                 best_val_loss = min(best_val_loss, losses["val"])
-                if iter_num > start_iter:
-                    write_checkpoint()
+                if saving:
+                    write_checkpoint(rank_rngs)
             last_eval_iter = iter_num
         if iter_num >= max_iters:
             break
@@ -411,8 +426,9 @@ if __name__ == "__main__":
             dist.all_reduce(stop, op=dist.ReduceOp.MAX)
             stop_requested = bool(stop.item())
         if stop_requested:
+            rank_rngs = every_rank_rng_state() if world_size > 1 else None
             if master:
-                write_checkpoint()
+                write_checkpoint(rank_rngs)
                 progress.write(f"interrupted: saved {checkpoint_path} at iteration {iter_num}; "
                                f"continue with --init_from=resume")
             break

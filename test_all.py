@@ -1027,17 +1027,24 @@ def test_pretrain_ctrl_c_saves_a_checkpoint_and_exits_cleanly(tmp_path):
     assert checkpoint["iter_num"] > 0
 
 
-def test_pretrain_under_torchrun_keeps_both_ranks_identical(tmp_path):
+def test_pretrain_under_torchrun_keeps_ranks_identical_and_resumes_bit_identically(tmp_path):
     corpus = tmp_path / "corpus.txt"
     make_corpus(corpus, n_words=4000)
-    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                             os.path.join(REPO, "pretrain.py"),
-                             *tiny_args(tmp_path, corpus, max_iters=6, eval_interval=3, grad_accum_steps=2)],
-                            capture_output=True, text=True, cwd=REPO, timeout=300)
-    assert result.returncode == 0, result.stderr
-    digests = {line.split()[1].rstrip(":"): line.split()[-1]
-               for line in result.stdout.splitlines() if "weights sha256" in line}
-    assert set(digests) == {"0", "1"} and digests["0"] == digests["1"]
+
+    def torchrun(run, **overrides):
+        args = tiny_args(tmp_path / run, corpus, **{**dict(max_iters=6, eval_interval=3, grad_accum_steps=2,
+                                                          dropout=0.1, lr_decay_iters=6), **overrides})
+        result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                                 os.path.join(REPO, "pretrain.py"), *args],
+                                capture_output=True, text=True, cwd=REPO, timeout=300)
+        assert result.returncode == 0, result.stderr
+        digests = {line.split()[1].rstrip(":"): line.split()[-1]
+                   for line in result.stdout.splitlines() if "weights sha256" in line}
+        assert set(digests) == {"0", "1"} and digests["0"] == digests["1"]  # the ranks agree
+        return digests["0"]
+    uninterrupted = torchrun("a")
+    torchrun("b", max_iters=3)
+    assert torchrun("b", init_from="resume") == uninterrupted  # each rank resumed its own dropout and data streams
 
 
 def test_pretrain_missing_data_file_is_one_clear_sentence(tmp_path):
