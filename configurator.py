@@ -1,7 +1,8 @@
 """
 Settings for every script, in nanoGPT's style but strict.
 
-A script declares its settings as plain globals (int, float, bool, str, or None), then calls
+A script declares its settings as plain lower-case globals (int, float, bool, str, or None; an UPPER_CASE
+global is a constant, not a setting), then calls
 
     settings = configure(globals(), json_sections=("model", "training"))
 
@@ -18,6 +19,7 @@ import ast
 import difflib
 import json
 import os
+import re
 import sys
 import types
 
@@ -113,17 +115,21 @@ def _print_help(script_globals, defaults):
     doc = (script_globals.get("__doc__") or "").strip()
     if doc:
         print(doc + "\n")
+    comments = {}  # the comment after each setting in the script's source, shown next to its default
+    if script_globals.get("__file__"):
+        with open(script_globals["__file__"], encoding="utf-8") as f:
+            comments = dict(re.findall(r"^(\w+) = [^#\n]*#\s*(.*)$", f.read(), flags=re.MULTILINE))
     print("settings (override with config files and --key=value):")
-    width = max(len(k) for k in defaults)
+    width = max(len(f"{k} = {v!r}") for k, v in defaults.items())
     for name, default in defaults.items():
-        print(f"  --{name:<{width}} = {default!r}")
+        print(f"  --{f'{name} = {default!r}':<{width}}  {comments.get(name, '')}".rstrip())
 
 
 def configure(script_globals, json_sections=(), argv=None, verbose=True):
     """Override the settings in script_globals from argv; return {name: value} of every setting."""
     argv = sys.argv[1:] if argv is None else argv
     defaults = {k: v for k, v in script_globals.items()
-                if not k.startswith("_") and isinstance(v, SETTING_TYPES)}
+                if not k.startswith("_") and not k.isupper() and isinstance(v, SETTING_TYPES)}
     settings = dict(defaults)
     changes = []  # (name, value, where) in the order applied
 

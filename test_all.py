@@ -802,6 +802,20 @@ def test_configurator_overrides_from_command_line():
     assert result["n_layers"] == 6 and "__doc__" not in result
 
 
+def test_configurator_help_lists_every_setting_with_its_default_and_comment(tmp_path, capsys):
+    script = tmp_path / "script.py"
+    script.write_text('"""A script."""\nn_layers = 4  # how deep\nlearning_rate = 3e-4\nEND = "<|endoftext|>"\n')
+    settings = {"__doc__": "A script.", "__file__": str(script), "n_layers": 4, "learning_rate": 3e-4,
+                "END": "<|endoftext|>"}
+    with pytest.raises(SystemExit) as exit_info:
+        configure(settings, argv=["--help"])
+    assert exit_info.value.code == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert re.fullmatch(r"  --n_layers = 4 +how deep", lines[-2]) and lines[-1] == "  --learning_rate = 0.0003"
+    with pytest.raises(SystemExit, match="unknown setting 'END'"):  # an UPPER_CASE global is a constant
+        configure(settings, argv=["--END=x"], verbose=False)
+
+
 def test_configurator_value_may_contain_equals_sign():
     settings = fresh_settings()
     configure(settings, argv=["--start=a=b==c"], verbose=False)
