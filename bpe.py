@@ -115,6 +115,8 @@ def _special_splitter(specials):
 
 
 def _unique(special_tokens):
+    if isinstance(special_tokens, str):  # list("<s>") would make three special tokens of one character each
+        raise ValueError(f"special_tokens is the string {special_tokens!r}, not a list of strings")
     special_tokens = list(special_tokens)
     if len(set(special_tokens)) != len(special_tokens):
         raise ValueError(f"special tokens {special_tokens} contain a duplicate")
@@ -389,6 +391,8 @@ class Tokenizer:
         return ids
 
     def _bytes(self, ids):
+        if not isinstance(ids, (list, tuple)):  # an iterator is read once; a tensor or an array holds ids, not ints
+            ids = ids.tolist() if hasattr(ids, "tolist") else list(ids)
         try:
             return b"".join(map(self._vocab.__getitem__, ids))
         except (KeyError, TypeError):
@@ -425,21 +429,28 @@ class Tokenizer:
             raise ValueError(f"vocab_size {self.vocab_size} does not fit in {dtype}")
         typecode = next(c for c in "HILQ" if array.array(c).itemsize * 8 == bits)
         allowed = self._special if allowed_special == "all" else allowed_special
+        if os.path.exists(out_path) and os.path.exists(in_path) and os.path.samefile(in_path, out_path):
+            raise ValueError(f"encode_file would overwrite its input {in_path}; give another out_path")
         blocks = _text_blocks(in_path, block_chars, allowed, self.pattern == SPLIT_PATTERN)
         n = 0
-        with open(out_path, "wb") as out:
-            if num_workers <= 1:
-                for block in blocks:
-                    n += out.write(_ids_to_bytes(self.encode(block, allowed), typecode))
-            else:
-                import multiprocessing
-                with multiprocessing.Pool(num_workers, _worker_init, (self, allowed, typecode)) as pool:
-                    pending = deque()  # at most 2 blocks a worker in flight, so memory stays bounded
-                    for block in chain(blocks, [None]):
-                        if block is not None:
-                            pending.append(pool.apply_async(_worker_encode, (block,)))
-                        while pending and (block is None or len(pending) >= 2 * num_workers):
-                            n += out.write(pending.popleft().get())
+        try:
+            with open(out_path, "wb") as out:
+                if num_workers <= 1:
+                    for block in blocks:
+                        n += out.write(_ids_to_bytes(self.encode(block, allowed), typecode))
+                else:
+                    import multiprocessing
+                    with multiprocessing.Pool(num_workers, _worker_init, (self, allowed, typecode)) as pool:
+                        pending = deque()  # at most 2 blocks a worker in flight, so memory stays bounded
+                        for block in chain(blocks, [None]):
+                            if block is not None:
+                                pending.append(pool.apply_async(_worker_encode, (block,)))
+                            while pending and (block is None or len(pending) >= 2 * num_workers):
+                                n += out.write(pending.popleft().get())
+        except BaseException:  # a bad file or Ctrl-C half way: leave no partial output that looks complete
+            if os.path.exists(out_path):
+                os.remove(out_path)
+            raise
         return n * 8 // bits
 
     # -------------------------------------------------------------------------
@@ -492,8 +503,15 @@ if __name__ == "__main__":
     if len(files) != 1 or set(opts) - {"vocab_size", "out", "special"}:
         sys.exit("usage: python bpe.py TEXT_FILE [--vocab_size=4096] [--out=tokenizer.json] [--special=<|endoftext|>]\n"
                  "  --special takes a comma-separated list; --special= means none")
-    path, vocab_size, out = files[0], int(opts.get("vocab_size", 4096)), opts.get("out", "tokenizer.json")
+    path, out = files[0], opts.get("out", "tokenizer.json")
+    if not opts.get("vocab_size", "4096").isdigit():
+        sys.exit(f"--vocab_size must be a whole number, not {opts['vocab_size']!r}")
+    vocab_size = int(opts.get("vocab_size", 4096))
     specials = [s for s in opts.get("special", "<|endoftext|>").split(",") if s]
+    if os.path.isdir(path):
+        sys.exit(f"{path} is a directory; give a UTF-8 text file")
+    if not os.path.isdir(os.path.dirname(os.path.abspath(out))):  # found out now, not after the training
+        sys.exit(f"cannot save to {out}: the folder {os.path.dirname(os.path.abspath(out))} does not exist")
     try:
         from tqdm import tqdm
     except ImportError:  # no progress bars, then
@@ -513,8 +531,10 @@ if __name__ == "__main__":
     t0 = time.perf_counter()
     try:
         tok = Tokenizer.train_file(path, vocab_size, specials, progress=progress)
-    except (ValueError, FileNotFoundError) as e:
+    except ValueError as e:
         sys.exit(str(e))
+    except OSError as e:
+        sys.exit(f"cannot read {path} ({e.strerror})")
     seconds = time.perf_counter() - t0
     for bar in bars.values():
         bar.close()

@@ -424,20 +424,22 @@ if __name__ == "__main__":
                          f"or add rows")
 
     # the starting weights: a pretrained run, or this run's own checkpoint when resuming
+    if init_from == "resume" and not os.path.exists(checkpoint_path):
+        raise SystemExit(f"init_from='resume' but there is no {checkpoint_path}; start from a pretrained run "
+                         f"with init_from=out")
+    start_path = checkpoint_path if init_from == "resume" else resolve_init(init_from, out_dir)
+    try:
+        checkpoint = load_checkpoint(start_path, map_location=run_device)
+    except ValueError as e:  # a cut-off or foreign file
+        raise SystemExit(str(e))
     if init_from == "resume":
-        if not os.path.exists(checkpoint_path):
-            raise SystemExit(f"init_from='resume' but there is no {checkpoint_path}; start from a pretrained run "
-                             f"with init_from=out")
-        checkpoint = load_checkpoint(checkpoint_path, map_location=run_device)
         if checkpoint.get("kind") != "finetune" or checkpoint["rating_mode"] != rating_mode:
             raise SystemExit(f"{checkpoint_path} is not a fine-tuning run with rating_mode='{rating_mode}'; resume "
                              f"with the settings it was started with")
         base_path = checkpoint["base_checkpoint"]
-        tokenizer_path = check_tokenizer(checkpoint, checkpoint_path)
     else:
-        base_path = resolve_init(init_from, out_dir)
-        checkpoint = load_checkpoint(base_path, map_location=run_device)
-        tokenizer_path = check_tokenizer(checkpoint, base_path)
+        base_path = start_path
+    tokenizer_path = check_tokenizer(checkpoint, start_path)
     tokenizer_sha = checkpoint["tokenizer_sha256"]
     try:
         tokenizer = Tokenizer.load(tokenizer_path)

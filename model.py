@@ -251,7 +251,7 @@ class GPT(nn.Module):
         generation ends once every row has. The model is in eval mode while this runs, then back as it was."""
         if idx.size(1) == 0:
             raise ValueError("idx must hold at least one token to continue from.")
-        if temperature < 0 or (top_k is not None and top_k < 1) or (top_p is not None and not 0 < top_p <= 1):
+        if not temperature >= 0 or (top_k is not None and top_k < 1) or (top_p is not None and not 0 < top_p <= 1):
             raise ValueError("temperature must be >= 0, top_k >= 1 and top_p in (0, 1].")
         L = self.config.max_seq_len
         keep = max(1, L // 2)
@@ -322,10 +322,11 @@ def sample_next_token(logits, temperature=1.0, top_k=None, top_p=None):
     whose probabilities add up to at least top_p (the nucleus)."""
     if temperature == 0:
         return logits.argmax(dim=-1, keepdim=True)
-    logits = logits / temperature
+    # the largest logit becomes 0 first, so that a tiny temperature gives -inf (never inf - inf = nan) elsewhere
+    logits = (logits - logits.max(dim=-1, keepdim=True).values) / temperature
     if top_k is not None and top_k < logits.size(-1):
-        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1) the k-th largest logit
-        logits = logits.masked_fill(logits < kth, float("-inf"))
+        values, indices = torch.topk(logits, top_k, dim=-1)  # exactly k, even where logits tie
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, indices, values)
     probs = F.softmax(logits, dim=-1)
     if top_p is not None and top_p < 1.0:
         sorted_probs, order = probs.sort(dim=-1, descending=True)
@@ -356,7 +357,11 @@ def load_checkpoint(path, map_location="cpu"):
     containers, numbers and strings, so a checkpoint from elsewhere cannot run code on load."""
     if not os.path.exists(path):
         raise FileNotFoundError(f"no checkpoint at {path}; train one with `python pretrain.py`.")
-    return torch.load(path, map_location=map_location, weights_only=True)
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # torch reports a cut-off or foreign file in many ways; say which file it was
+        raise ValueError(f"{path} cannot be read as a checkpoint ({type(e).__name__}): it is cut off, or not a "
+                         f"checkpoint saved by this code") from None
 
 
 def pick_device(name="auto"):

@@ -311,7 +311,10 @@ if __name__ == "__main__":
     if init_from == "resume":
         if not os.path.exists(checkpoint_path):
             raise SystemExit(f"init_from='resume' but there is no {checkpoint_path}; start with init_from='scratch'")
-        checkpoint = load_checkpoint(checkpoint_path, map_location=run_device)
+        try:
+            checkpoint = load_checkpoint(checkpoint_path, map_location=run_device)
+        except ValueError as e:  # a cut-off or foreign file
+            raise SystemExit(str(e))
         if checkpoint.get("kind") != "pretrain":
             raise SystemExit(f"{checkpoint_path} is a {checkpoint.get('kind', 'foreign')} checkpoint, not pretrain.py's; "
                              f"resume a fine-tuning run with finetune.py --init_from=resume")

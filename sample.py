@@ -37,7 +37,10 @@ def load_run(run_dir, run_device):
     if not os.path.exists(checkpoint_path):
         raise SystemExit(f"no checkpoint at {checkpoint_path}; train one with `python pretrain.py config/small.py` "
                          f"or point --out_dir at a run")
-    checkpoint = load_checkpoint(checkpoint_path, map_location=run_device)
+    try:
+        checkpoint = load_checkpoint(checkpoint_path, map_location=run_device)
+    except ValueError as e:  # a cut-off or foreign file
+        raise SystemExit(str(e))
     tokenizer_path = os.path.join(run_dir, checkpoint["tokenizer_path"])
     if not os.path.isfile(tokenizer_path):
         raise SystemExit(f"{tokenizer_path} is missing; it is written next to {checkpoint_path}, so restore it or retrain")

@@ -448,6 +448,46 @@ def test_tokenizer_file_that_is_not_utf8_is_one_sentence_naming_it(tmp_path):
     assert result.returncode == 1 and "Traceback" not in result.stderr and "is not UTF-8 text" in result.stderr
 
 
+def test_tokenizer_encode_file_refuses_its_own_input_and_leaves_no_partial_output(tmp_path):
+    tok = Tokenizer.train("hello world", vocab_size=260)
+    text = tmp_path / "text.txt"
+    text.write_text("hello world\n")
+    with pytest.raises(ValueError, match="would overwrite its input"):
+        tok.encode_file(str(text), str(text))
+    assert text.read_text() == "hello world\n"
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"hello world\n" * 1000 + b"\xff")  # the fault is in the last of several blocks
+    with pytest.raises(ValueError, match="not UTF-8"):
+        tok.encode_file(str(bad), str(tmp_path / "ids.bin"), block_chars=1000)
+    assert not (tmp_path / "ids.bin").exists()
+
+
+def test_tokenizer_decode_takes_tensors_arrays_and_iterators_and_names_a_bad_id():
+    tok = Tokenizer()
+    assert tok.decode(torch.tensor([72, 105])) == tok.decode(iter([72, 105])) == tok.decode((72, 105)) == "Hi"
+    with pytest.raises(ValueError, match="token id 1000 is not in this vocabulary of 256 ids"):
+        tok.decode(iter([72, 1000]))
+
+
+def test_tokenizer_special_tokens_given_as_one_string_are_refused():
+    with pytest.raises(ValueError, match="special_tokens is the string '<s>', not a list of strings"):
+        Tokenizer.train("a <s> b", vocab_size=300, special_tokens="<s>")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--vocab_size=abc"], "--vocab_size must be a whole number, not 'abc'"),
+    (["--out=/no/such/folder/t.json"], "cannot save to /no/such/folder/t.json: the folder"),
+    (["DIRECTORY"], "is a directory; give a UTF-8 text file"),
+])
+def test_tokenizer_command_line_mistakes_are_one_sentence_before_any_training(tmp_path, args, message):
+    text = tmp_path / "text.txt"
+    text.write_text("hello world\n")
+    files = [str(tmp_path)] if args == ["DIRECTORY"] else [str(text)]
+    result = subprocess.run([sys.executable, os.path.join(REPO, "bpe.py"), *files, *[a for a in args if a != "DIRECTORY"]],
+                            capture_output=True, text=True)
+    assert result.returncode == 1 and message in result.stderr and "Traceback" not in result.stderr
+
+
 # ====================================================================================================
 # model: model.py
 # ====================================================================================================
@@ -666,6 +706,19 @@ def test_generate_stream_yields_the_generated_tokens():
     assert torch.equal(torch.cat([idx, *steps], dim=1), model.generate(idx, 20))
 
 
+def test_sample_next_token_top_k_keeps_exactly_k_even_where_logits_tie():
+    torch.manual_seed(0)
+    tied = torch.tensor([[1.0, 1.0, 0.0]])
+    assert len({sample_next_token(tied, top_k=1).item() for _ in range(50)}) == 1  # one token, not both tied ones
+
+
+def test_sample_next_token_tiny_temperature_is_greedy_and_nan_is_refused():
+    logits = torch.tensor([[1.0, 2.0, 0.0]])
+    assert sample_next_token(logits, temperature=1e-45).item() == 1
+    with pytest.raises(ValueError, match="temperature must be >= 0"):
+        next(tiny_model().generate_stream(torch.zeros(1, 1, dtype=torch.long), 1, temperature=float("nan")))
+
+
 def test_generate_top_k_larger_than_vocab():
     model = tiny_model()
     out = model.generate(torch.zeros(2, 1, dtype=torch.long), 5, top_k=1000)
@@ -777,6 +830,14 @@ def test_model_checkpoint_round_trip(tmp_path):
     assert torch.equal(restored(idx)[0], model(idx)[0])
     with pytest.raises(ValueError, match="_orig_mod"):
         save_checkpoint({"model": {"_orig_mod.tok_emb.weight": torch.zeros(1)}}, path)
+
+
+def test_model_load_cut_off_checkpoint_is_one_sentence_naming_it(tmp_path):
+    path = tmp_path / "ckpt.pt"
+    save_checkpoint({"model": tiny_model().state_dict()}, path)
+    path.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(ValueError, match=r"ckpt\.pt cannot be read as a checkpoint .*cut off"):
+        load_checkpoint(path)
 
 
 def test_model_load_missing_checkpoint_says_how_to_make_one(tmp_path):
