@@ -7,6 +7,7 @@ Shapes in comments: B batch, T sequence length, C = d_model, H heads, D = C // H
 """
 
 import math
+import operator
 import os
 import time
 from dataclasses import dataclass
@@ -31,8 +32,13 @@ class GPTConfig:
     def __post_init__(self):
         for name in ("vocab_size", "d_model", "n_heads", "n_layers", "d_ff", "max_seq_len"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            try:  # numpy and torch integers become plain ints, which a checkpoint loaded with weights_only can hold
+                number = -1 if isinstance(value, bool) else operator.index(value)
+            except TypeError:
+                number = -1
+            if number < 1:
                 raise ValueError(f"{name} must be a positive integer, not {value!r}.")
+            setattr(self, name, number)
         if self.d_model % self.n_heads:
             raise ValueError(f"d_model={self.d_model} must be divisible by n_heads={self.n_heads}.")
         if not 0.0 <= self.dropout < 1.0:

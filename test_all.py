@@ -21,6 +21,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -510,6 +511,13 @@ def test_model_config_rejects_bad_settings():
     for bad in (dict(n_heads=5), dict(dropout=1.0), dict(attention="flash"), dict(n_layers=0), dict(d_ff=64.0)):
         with pytest.raises(ValueError):
             GPTConfig(**{**good, **bad})
+
+
+def test_model_config_takes_numpy_and_torch_integers_as_plain_ints():
+    config = GPTConfig(vocab_size=np.int64(50), d_model=torch.tensor(32), n_heads=4)
+    assert (type(config.vocab_size), type(config.d_model)) == (int, int)  # so checkpoints load with weights_only
+    with pytest.raises(ValueError, match="vocab_size must be a positive integer, not True"):
+        GPTConfig(vocab_size=True)
 
 
 def test_model_every_setting_has_an_effect():
