@@ -3,18 +3,22 @@ bench.py: speed, memory and quality measurements, one section per command-line a
 
     python bench.py tokenizer [--data=PATH] [--runs=5]   # bpe.py: training, encoding, decoding, memory
     python bench.py train                                  # training tokens/s and MFU against the measured peak
+    python bench.py nanogpt [--path=../nanoGPT]            # our training step against nanoGPT's (clone it first)
+    python bench.py allocator [--runs=3] [--iters=500]     # what keep_freed_memory saves in pretrain.py
     python bench.py sample                                 # generation with and without the KV cache
     python bench.py memory                                 # peak resident memory of training and sampling
     python bench.py quality [--seconds=75]                 # bits per byte after a fixed training time
     python bench.py finetune                               # every rating_mode on the default run
 
-Times are medians of repeated runs; MB means 10^6 bytes of UTF-8 text. The data for the tokenizer and
+Times are medians of repeated runs; MB means 10^6 bytes of UTF-8 text. Like pretrain.py on CPU, this process
+keeps freed memory (model.keep_freed_memory); the allocator section compares pretrain.py with and without. The data for the tokenizer and
 quality sections is ../shared/data/tinyshakespeare.txt unless --data says otherwise.
 """
 
 import csv
 import os
 import resource
+import runpy
 import statistics
 import subprocess
 import sys
@@ -23,7 +27,7 @@ import time
 
 import torch
 
-from model import GPT, GPTConfig, measure_peak_flops
+from model import GPT, GPTConfig, keep_freed_memory, measure_peak_flops
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DATA = os.path.join(HERE, "..", "shared", "data", "tinyshakespeare.txt")
@@ -107,6 +111,23 @@ def bench_tokenizer(data=DATA, runs=5):
     rows.append(("encode, warm cache", f"{mb / t_warm[0]:.1f} MB/s", f"{mb / t_warm[1]:.1f} MB/s", ""))
     rows.append(("decode", f"{mb / t_dec[0]:.0f} MB/s", f"{mb / t_dec[1]:.0f} MB/s", ""))
     rows.append(("load tokenizer.json, vocab 4096", f"{t_load[0] * 1e3:.0f} ms", f"{t_load[1] * 1e3:.0f} ms", ""))
+    try:  # tiktoken is not a requirement: with it installed, the same merges in Rust give a same-machine yardstick
+        import tiktoken
+    except ImportError:
+        rows.append(("tiktoken, same merges (pip install tiktoken to compare)", "not installed", "", ""))
+    else:
+        token_bytes = [bytes([i]) for i in range(256)]
+        for a, b in tok.merges:
+            token_bytes.append(token_bytes[a] + token_bytes[b])
+        ranks = {}
+        for i, t in enumerate(token_bytes):
+            ranks.setdefault(t, i)  # tiktoken keys ranks by bytes; two merges that spell the same bytes keep the first
+        rust = tiktoken.Encoding("bench", pat_str=tok.pattern, mergeable_ranks=ranks, special_tokens={})
+        same = rust.encode_ordinary(text) == ids
+        t_rust = median_time(lambda _: rust.encode_ordinary(text), runs)
+        rows.append((f"tiktoken {tiktoken.__version__}, same merges and pattern (ids {'equal' if same else 'DIFFER'})",
+                     f"{mb / t_rust[0]:.1f} MB/s", f"{mb / t_rust[1]:.1f} MB/s", ""))
+        rows.append(("cold encode / tiktoken", f"{t_rust[0] / t_cold[0]:.2f}x", f"{t_rust[1] / t_cold[1]:.2f}x", ""))
     print_table(f"tokenizer on {os.path.basename(data)} ({mb:.2f} MB), median of {runs} runs, Python {sys.version.split()[0]}, "
                 f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the end", rows)
 
@@ -161,6 +182,10 @@ def bench_quality(data=DATA, seconds=75, vocab_size=6144, learning_rate=5e-3, ba
 # nanoGPT's CPU shape (shakespeare_char on a laptop) and nanoGPT's shakespeare_char GPU shape with a smaller batch
 SMALL = dict(vocab_size=65, d_model=128, n_heads=4, n_layers=4, d_ff=512, max_seq_len=64, dropout=0.0)
 WIDER = dict(vocab_size=65, d_model=384, n_heads=6, n_layers=6, d_ff=1536, max_seq_len=256, dropout=0.0)
+# the README's main command, read from config/small.py (its 4096-token vocabulary makes the logits the largest tensor)
+_small = runpy.run_path(os.path.join(HERE, "config", "small.py"))
+CONFIG_SMALL = {k: _small[k] for k in ("vocab_size", "d_model", "n_heads", "n_layers", "d_ff", "max_seq_len", "dropout",
+                                       "bias")}
 
 
 def cpu_busy_jiffies():
@@ -191,30 +216,35 @@ def quiet_timing(fn, max_others=0.05, tries=20):
         time.sleep(1.0)
 
 
-def train_step_fn(config, batch_size):
-    """A full training step at config on random tokens: forward, backward, clip, AdamW step, zero_grad."""
-    torch.manual_seed(0)
-    model = GPT(GPTConfig(**config)).train()
-    optimizer = model.configure_optimizer(0.1, 1e-3, (0.9, 0.95), "cpu")
-    x = torch.randint(0, config["vocab_size"], (batch_size, config["max_seq_len"]))
-    y = torch.randint(0, config["vocab_size"], (batch_size, config["max_seq_len"]))
-
+def training_step(model, optimizer, x, y):
+    """A full training step on fixed tokens, for any model whose forward returns (logits, loss): forward,
+    backward, clip, AdamW step, zero_grad."""
     def step():
         _, loss = model(x, y)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-    return model, step
+    return step
+
+
+def train_step_fn(config, batch_size):
+    """Our model at config, its AdamW and a training step on random tokens."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(**config)).train()
+    optimizer = model.configure_optimizer(0.1, 1e-3, (0.9, 0.95), "cpu")
+    x = torch.randint(0, config["vocab_size"], (batch_size, config["max_seq_len"]))
+    y = torch.randint(0, config["vocab_size"], (batch_size, config["max_seq_len"]))
+    return model, training_step(model, optimizer, x, y)
 
 
 def bench_train(repeats=5):
     # nanoGPT's own default is bias=False, so those rows are its shape exactly; bias=True is this project's default
     rows = [("nanoGPT CPU shape", {**SMALL, "bias": False}, 12, 10), ("  same, bias=True", SMALL, 12, 10),
             ("  same, dropout=0.1", {**SMALL, "dropout": 0.1}, 12, 10), ("wider", {**WIDER, "bias": False}, 8, 2),
-            ("  same, bias=True", WIDER, 8, 2)]
-    print(f"training, fp32, {torch.get_num_threads()} threads; each repeat times its steps and measures the "
-          f"matmul peak next to them; medians of {repeats} repeats")
+            ("  same, bias=True", WIDER, 8, 2), ("config/small.py", CONFIG_SMALL, _small["batch_size"], 10)]
+    print(f"training, fp32, {torch.get_num_threads()} threads; each "
+          f"repeat times its steps and measures the matmul peak next to them; medians of {repeats} repeats")
     print(f"| {'shape':<20} | {'L/H/C/FF':<14} | batch x ctx | params | ms/iter | tokens/s | peak GFLOP/s | MFU   | dropped |")
     print(f"|{'-' * 22}|{'-' * 16}|-------------|--------|---------|----------|--------------|-------|---------|")
     for name, config, batch_size, steps in rows:
@@ -236,6 +266,74 @@ def bench_train(repeats=5):
         print(f"| {name:<20} | {shape:<14} | {batch_size:>4} x {config['max_seq_len']:<4} | "
               f"{model.num_params() / 1e6:5.2f}M | {ms:7.1f} | {tokens_per_sec:8.0f} | {peak / 1e9:12.0f} | "
               f"{mfu:5.1%} | {dropped:>7} |")
+
+
+def bench_nanogpt(path=os.path.join(HERE, "..", "nanoGPT"), repeats=15):
+    """Our model against nanoGPT's, in the same step loop, at nanoGPT's CPU shape (bias=False, as its default),
+    interleaved so that both see the same machine. nanoGPT is not part of this project: clone it yourself
+    (git clone https://github.com/karpathy/nanoGPT) and give its folder; only its model.py is used."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("nanogpt_model", os.path.join(path, "model.py"))
+    if spec is None or not os.path.isfile(spec.origin):
+        sys.exit(f"no model.py in {path}; clone nanoGPT there or give --path=FOLDER")
+    nanogpt = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(nanogpt)
+    _, ours_step = train_step_fn({**SMALL, "bias": False}, 12)
+    torch.manual_seed(0)
+    theirs = nanogpt.GPT(nanogpt.GPTConfig(block_size=64, vocab_size=65, n_layer=4, n_head=4, n_embd=128, dropout=0.0,
+                                           bias=False)).train()
+    # nanoGPT's own parameter groups, but with the fused AdamW that ours uses on CPU (nanoGPT fuses only on CUDA)
+    params = [p for p in theirs.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW([{"params": [p for p in params if p.dim() >= 2], "weight_decay": 0.1},
+                                   {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}],
+                                  lr=1e-3, betas=(0.9, 0.95), fused=True)
+    x, y = torch.randint(0, 65, (12, 64)), torch.randint(0, 65, (12, 64))
+    steps = {"this project's model.py": ours_step, "nanoGPT's model.py": training_step(theirs, optimizer, x, y)}
+    times = {name: [] for name in steps}
+    for step in steps.values():
+        for _ in range(10):
+            step()
+    for _ in range(int(repeats)):
+        for name, step in steps.items():
+            seconds, _, _ = quiet_timing(lambda: [step() for _ in range(20)])
+            times[name].append(seconds / 20)
+    ms = {name: statistics.median(t) * 1e3 for name, t in times.items()}
+    rows = [("model", "ms/iter", "speed against nanoGPT")]
+    baseline = ms["nanoGPT's model.py"]
+    rows += [(name, f"{ms[name]:.1f}", f"{baseline / ms[name]:.2f}x") for name in steps]
+    print_table(f"one training step at nanoGPT's CPU shape (4/4/128/512, 12 x 64, fp32, {torch.get_num_threads()} "
+                f"threads), medians of {repeats} interleaved repeats of 20 steps", rows)
+
+
+# pretrain.py as a user runs it, but with keep_freed_memory replaced by a no-op that leaves glibc's default
+UNKEPT_PRETRAIN = """
+import runpy, sys
+import model
+model.keep_freed_memory = lambda: False
+sys.argv = ["pretrain.py", *sys.argv[1:]]
+runpy.run_path("pretrain.py", run_name="__main__")
+"""
+
+
+def bench_allocator(runs=3, iters=500):
+    """pretrain.py config/small.py for iters steps, with and without keep_freed_memory, alternating: wall time and
+    system CPU time of the whole process (start-up, about 3 s, included)."""
+    rows = [(f"pretrain.py config/small.py --max_iters={iters}", "wall time", "system CPU time")]
+    ways = [("glibc default", ["-c", UNKEPT_PRETRAIN]), ("keep_freed_memory (the default)", ["pretrain.py"])]
+    with tempfile.TemporaryDirectory() as out_dir:
+        args = ["config/small.py", f"--max_iters={iters}", "--eval_interval=100000", f"--out_dir={out_dir}"]
+        run_timed(["pretrain.py", *args[:1], "--max_iters=1", *args[2:]])  # untimed: builds the corpus and caches
+        results = {label: [] for label, _ in ways}
+        for k in range(int(runs)):
+            for label, script in ways[::-1] if k % 2 else ways:  # alternate which goes first
+                before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_stime
+                wall, _, _ = run_timed([*script, *args])
+                results[label].append((wall, resource.getrusage(resource.RUSAGE_CHILDREN).ru_stime - before))
+    for label, runs_ in results.items():
+        wall, system = statistics.median(w for w, _ in runs_), statistics.median(s for _, s in runs_)
+        rows.append((label, f"{wall:.1f} s", f"{system:.1f} s"))
+    print_table(f"glibc's allocator during training: medians of {runs} alternating runs each; {os.cpu_count()} "
+                f"CPUs, load average {os.getloadavg()[0]:.1f} at the end", rows)
 
 
 def bench_sample(new_tokens=500, repeats=3):
@@ -275,10 +373,11 @@ def bench_sample(new_tokens=500, repeats=3):
 # run in a fresh interpreter so that nothing else this process did counts towards the peak
 MEMORY_SCRIPT = """
 import sys, torch
-from model import GPT, GPTConfig
+from model import GPT, GPTConfig, keep_freed_memory
 config = GPTConfig(vocab_size=65, d_model=128, n_heads=4, n_layers=4, d_ff=512, max_seq_len=64, dropout=0.0)
 model = GPT(config)
 if sys.argv[1] == "train":
+    keep_freed_memory()  # as pretrain.py does on CPU
     optimizer = model.configure_optimizer(0.1, 1e-3, (0.9, 0.95), "cpu")
     for _ in range(20):
         x, y = torch.randint(0, 65, (12, 64)), torch.randint(0, 65, (12, 64))
@@ -359,13 +458,15 @@ def bench_finetune(modes="weight,filter,condition,kto", seeds="1337,1,2", pretra
                 f"the end", rows)
 
 
-SECTIONS = {"tokenizer": bench_tokenizer, "train": bench_train, "sample": bench_sample, "memory": bench_memory,
+SECTIONS = {"tokenizer": bench_tokenizer, "train": bench_train, "nanogpt": bench_nanogpt, "allocator": bench_allocator, "sample": bench_sample,
+            "memory": bench_memory,
             "quality": bench_quality, "finetune": bench_finetune}
 
 if __name__ == "__main__":
     names = [a for a in sys.argv[1:] if not a.startswith("--")]
     opts = dict(a[2:].split("=", 1) for a in sys.argv[1:] if a.startswith("--") and "=" in a)
     if not names or any(n not in SECTIONS for n in names):
-        sys.exit(f"usage: python bench.py {{{','.join(SECTIONS)}}} [--data=PATH] [--runs=5]")
+        sys.exit(f"usage: python bench.py {{{','.join(SECTIONS)}}} [--name=value ...] (see the top of bench.py)")
+    keep_freed_memory()  # as pretrain.py does on CPU, for every section alike
     for name in names:
         SECTIONS[name](**opts)

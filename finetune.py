@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 from bpe import Tokenizer
 from configurator import configure
-from model import GPT, GPTConfig, load_checkpoint, pick_device, save_checkpoint
+from model import GPT, GPTConfig, keep_freed_memory, load_checkpoint, pick_device, save_checkpoint
 
 # -----------------------------------------------------------------------------
 # settings: override with config files (config/*.py, the finetuning section of a config.json) and --name=value
@@ -410,6 +410,8 @@ if __name__ == "__main__":
     except ValueError as e:
         raise SystemExit(str(e))
     device_type = run_device.split(":")[0]
+    if device_type == "cpu":
+        keep_freed_memory()  # Linux: each step reuses the memory the last one freed, not fresh pages (model.py)
     autocast = torch.autocast(device_type, dtype=torch.bfloat16) if dtype == "bfloat16" else nullcontext()
     torch.manual_seed(seed)
     checkpoint_path = os.path.join(out_dir, "ckpt.pt")

@@ -1,11 +1,13 @@
 """
 A GPT language model, all of it in this one file, meant to be read from top to bottom:
 GPTConfig -> TokenEmbedding -> SinusoidalPositions -> LayerNorm -> CausalSelfAttention -> MLP -> Block -> GPT,
-then sampling, checkpoints and a peak-FLOPs probe. It imports only torch and the standard library.
+then sampling, checkpoints, a peak-FLOPs probe and an allocator setting for CPU training. It imports only
+torch and the standard library.
 
 Shapes in comments: B batch, T sequence length, C = d_model, H heads, D = C // H head size, V vocabulary.
 """
 
+import ctypes
 import math
 import operator
 import os
@@ -244,7 +246,6 @@ class GPT(nn.Module):
             return logits, None
         return logits, F.cross_entropy(logits.flatten(0, 1), targets.reshape(-1), ignore_index=-1)
 
-    @torch.no_grad()
     def generate_stream(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, stop_token=None,
                         use_cache=True):
         """Continue idx (B, T) by up to max_new_tokens tokens, yielding each step's (B, 1) tokens as they come.
@@ -259,6 +260,11 @@ class GPT(nn.Module):
             raise ValueError("idx must hold at least one token to continue from.")
         if not temperature >= 0 or (top_k is not None and top_k < 1) or (top_p is not None and not 0 < top_p <= 1):
             raise ValueError("temperature must be >= 0, top_k >= 1 and top_p in (0, 1].")
+        # the checks above run at the call; a generator's body would wait for the first next()
+        return self._generate_steps(idx, max_new_tokens, temperature, top_k, top_p, stop_token, use_cache)
+
+    @torch.no_grad()
+    def _generate_steps(self, idx, max_new_tokens, temperature, top_k, top_p, stop_token, use_cache):
         L = self.config.max_seq_len
         keep = max(1, L // 2)
         was_training = self.training
@@ -403,3 +409,21 @@ def measure_peak_flops(device="cpu", dtype=torch.float32):
             sync()  # GPU work is asynchronous: wait for it before reading the clock
         times.append(time.perf_counter() - t0)
     return 2 * n ** 3 / sorted(times[1:])[2]
+
+
+def keep_freed_memory():
+    """Make CPU training faster on 64-bit Linux. Every step frees its activations and allocates the same sizes
+    again; glibc gives large freed blocks back to the kernel, and the next step page-faults them in again, zeroed
+    (11-18% of the time of config/small.py: README, Benchmarks). Keep them for reuse instead. Returns whether it
+    applied: False, having changed nothing, with another C library or on a 32-bit system."""
+    try:
+        is_glibc = bool(os.confstr("CS_GNU_LIBC_VERSION"))  # only glibc answers this; Windows has no confstr
+        mallopt = getattr(ctypes.CDLL(None), "mallopt", None) if is_glibc else None
+    except (AttributeError, ValueError, OSError):
+        return False
+    if mallopt is None or ctypes.sizeof(ctypes.c_void_p) != 8:
+        return False
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # from glibc's malloc.h
+    # blocks up to 32 MiB (the most glibc allows on 64-bit) come from the heap, which is then not shrunk while
+    # less than 1 GiB of it is free; the second alone is worse than neither (README), so it only follows the first
+    return bool(mallopt(M_MMAP_THRESHOLD, 32 * 2**20) and mallopt(M_TRIM_THRESHOLD, 2**30))

@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from bpe import Tokenizer
 from configurator import configure
-from model import GPT, GPTConfig, load_checkpoint, measure_peak_flops, pick_device, save_checkpoint
+from model import GPT, GPTConfig, keep_freed_memory, load_checkpoint, measure_peak_flops, pick_device, save_checkpoint
 
 # -----------------------------------------------------------------------------
 # settings: override with config files (config/*.py, config.json) and --name=value
@@ -267,6 +267,8 @@ if __name__ == "__main__":
         raise SystemExit(f"grad_accum_steps={grad_accum_steps} must be a multiple of the {world_size} processes")
     accum_per_rank = grad_accum_steps // world_size
     device_type = run_device.split(":")[0]
+    if device_type == "cpu":
+        keep_freed_memory()  # Linux: each step reuses the memory the last one freed, not fresh pages (model.py)
     autocast = torch.autocast(device_type, dtype=torch.bfloat16) if dtype == "bfloat16" else nullcontext()
     peak_flops = measure_peak_flops(run_device, torch.bfloat16 if dtype == "bfloat16" else torch.float32)
     torch.manual_seed(seed)  # the same initial weights on every rank

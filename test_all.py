@@ -13,6 +13,7 @@ import importlib.util
 import json
 import math
 import os
+import platform
 import random
 import re
 import shutil
@@ -29,8 +30,8 @@ import torch.nn.functional as F
 from bpe import Tokenizer
 from configurator import configure
 import finetune
-from model import (GPT, GPTConfig, KVCache, LayerNorm, SinusoidalPositions, load_checkpoint, measure_peak_flops,
-                   pick_device, sample_next_token, save_checkpoint)
+from model import (GPT, GPTConfig, KVCache, LayerNorm, SinusoidalPositions, keep_freed_memory, load_checkpoint,
+                   measure_peak_flops, pick_device, sample_next_token, save_checkpoint)
 
 REPO = os.path.dirname(os.path.abspath(__file__))
 SPECIAL_TOKENS = ["<|endoftext|>", "<|prompt|>", "<|response|>"] + [f"<|rating_{r}|>" for r in range(1, 6)]  # as pretrain.py trains them
@@ -680,6 +681,31 @@ def test_pick_device_refuses_unknown_and_unavailable_devices():
         pick_device("cuda:99")
 
 
+def test_keep_freed_memory_keeps_large_freed_blocks_resident():
+    if platform.libc_ver()[0] != "glibc" or sys.maxsize < 2**32:
+        assert keep_freed_memory() is False
+        return
+    # a fresh process each way, so that nothing earlier moved glibc's own adaptive thresholds, and without the
+    # variables that would set them or swap the allocator
+    probe = """
+import os, sys
+from model import keep_freed_memory
+if sys.argv[1] == "keep":
+    assert keep_freed_memory()
+statm, page = os.open("/proc/self/statm", os.O_RDONLY), os.sysconf("SC_PAGE_SIZE")
+resident = lambda: int(os.pread(statm, 200, 0).split()[1]) * page  # allocates nothing on the C heap
+x = bytearray(24 * 2**20)  # one zero-filled 24 MiB block: at the top of the heap, when it is in the heap
+held = resident()
+del x
+print(held - resident())
+"""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MALLOC_", "GLIBC_TUNABLES", "LD_PRELOAD"))}
+    released = {way: int(subprocess.run([sys.executable, "-c", probe, way], cwd=REPO, env=env, capture_output=True,
+                                        text=True, check=True).stdout) for way in ("keep", "default")}
+    assert released["default"] > 20 * 2**20  # glibc unmapped the 24 MiB block ...
+    assert released["keep"] < 4 * 2**20      # ... unless told to keep it
+
+
 def test_generate_temperature_zero_is_greedy():
     model = tiny_model()
     idx = torch.randint(0, 50, (2, 5))
@@ -724,7 +750,7 @@ def test_sample_next_token_tiny_temperature_is_greedy_and_nan_is_refused():
     logits = torch.tensor([[1.0, 2.0, 0.0]])
     assert sample_next_token(logits, temperature=1e-45).item() == 1
     with pytest.raises(ValueError, match="temperature must be >= 0"):
-        next(tiny_model().generate_stream(torch.zeros(1, 1, dtype=torch.long), 1, temperature=float("nan")))
+        tiny_model().generate_stream(torch.zeros(1, 1, dtype=torch.long), 1, temperature=float("nan"))
 
 
 def test_generate_top_k_larger_than_vocab():
@@ -741,7 +767,7 @@ def test_generate_top_p_keeps_only_the_nucleus():
         assert drawn == nucleus, top_p
     assert torch.all(sample_next_token(logits[:3], temperature=0) == 0)
     with pytest.raises(ValueError):
-        next(tiny_model().generate_stream(torch.zeros(1, 1, dtype=torch.long), 3, top_p=0.0))
+        tiny_model().generate_stream(torch.zeros(1, 1, dtype=torch.long), 3, top_p=0.0)  # at the call, not at next()
     with pytest.raises(ValueError):  # an empty prompt has nothing to continue
         tiny_model().generate(torch.zeros(1, 0, dtype=torch.long), 3)
 
