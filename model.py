@@ -414,7 +414,7 @@ def measure_peak_flops(device="cpu", dtype=torch.float32):
 def keep_freed_memory():
     """Make CPU training faster on 64-bit Linux. Every step frees its activations and allocates the same sizes
     again; glibc gives large freed blocks back to the kernel, and the next step page-faults them in again, zeroed
-    (11-18% of the time of config/small.py: README, Benchmarks). Keep them for reuse instead. Returns whether it
+    (8-18% of the time of config/small.py: README, Benchmarks). Keep them for reuse instead. Returns whether it
     applied: False, having changed nothing, with another C library or on a 32-bit system."""
     try:
         is_glibc = bool(os.confstr("CS_GNU_LIBC_VERSION"))  # only glibc answers this; Windows has no confstr

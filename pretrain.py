@@ -448,7 +448,7 @@ if __name__ == "__main__":
     if world_size > 1:
         dist.destroy_process_group()
         # DDP keeps the process group alive past destroy_process_group, and gloo's threads can then abort the
-        # process (SIGABRT) as Python shuts down: 6 runs in 90 here. All is written, so skip that shutdown.
+        # finished process (SIGABRT) as Python shuts down. All is written, so skip that shutdown.
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(0)
