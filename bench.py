@@ -11,8 +11,9 @@ bench.py: speed, memory and quality measurements, one section per command-line a
     python bench.py finetune                               # every rating_mode on the default run
 
 Times are medians of repeated runs; MB means 10^6 bytes of UTF-8 text. Like pretrain.py on CPU, this process
-keeps freed memory (model.keep_freed_memory); the allocator section compares pretrain.py with and without. The data for the tokenizer and
-quality sections is ../shared/data/tinyshakespeare.txt unless --data says otherwise.
+keeps freed memory (model.keep_freed_memory); the allocator section compares pretrain.py with and without.
+The data for the tokenizer and quality sections is ../shared/data/tinyshakespeare.txt unless --data says
+otherwise.
 """
 
 import csv
@@ -243,8 +244,8 @@ def bench_train(repeats=5):
     rows = [("nanoGPT CPU shape", {**SMALL, "bias": False}, 12, 10), ("  same, bias=True", SMALL, 12, 10),
             ("  same, dropout=0.1", {**SMALL, "dropout": 0.1}, 12, 10), ("wider", {**WIDER, "bias": False}, 8, 2),
             ("  same, bias=True", WIDER, 8, 2), ("config/small.py", CONFIG_SMALL, _small["batch_size"], 10)]
-    print(f"training, fp32, {torch.get_num_threads()} threads; each "
-          f"repeat times its steps and measures the matmul peak next to them; medians of {repeats} repeats")
+    print(f"training, fp32, {torch.get_num_threads()} threads; each repeat times its steps and measures the "
+          f"matmul peak next to them; medians of {repeats} repeats")
     print(f"| {'shape':<20} | {'L/H/C/FF':<14} | batch x ctx | params | ms/iter | tokens/s | peak GFLOP/s | MFU   | dropped |")
     print(f"|{'-' * 22}|{'-' * 16}|-------------|--------|---------|----------|--------------|-------|---------|")
     for name, config, batch_size, steps in rows:
@@ -329,8 +330,8 @@ def bench_allocator(runs=3, iters=500):
                 before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_stime
                 wall, _, _ = run_timed([*script, *args])
                 results[label].append((wall, resource.getrusage(resource.RUSAGE_CHILDREN).ru_stime - before))
-    for label, runs_ in results.items():
-        wall, system = statistics.median(w for w, _ in runs_), statistics.median(s for _, s in runs_)
+    for label, timings in results.items():
+        wall, system = statistics.median(w for w, _ in timings), statistics.median(s for _, s in timings)
         rows.append((label, f"{wall:.1f} s", f"{system:.1f} s"))
     print_table(f"glibc's allocator during training: medians of {runs} alternating runs each; {os.cpu_count()} "
                 f"CPUs, load average {os.getloadavg()[0]:.1f} at the end", rows)
@@ -458,9 +459,8 @@ def bench_finetune(modes="weight,filter,condition,kto", seeds="1337,1,2", pretra
                 f"the end", rows)
 
 
-SECTIONS = {"tokenizer": bench_tokenizer, "train": bench_train, "nanogpt": bench_nanogpt, "allocator": bench_allocator, "sample": bench_sample,
-            "memory": bench_memory,
-            "quality": bench_quality, "finetune": bench_finetune}
+SECTIONS = {"tokenizer": bench_tokenizer, "train": bench_train, "nanogpt": bench_nanogpt, "allocator": bench_allocator,
+            "sample": bench_sample, "memory": bench_memory, "quality": bench_quality, "finetune": bench_finetune}
 
 if __name__ == "__main__":
     names = [a for a in sys.argv[1:] if not a.startswith("--")]
