@@ -8,6 +8,7 @@ Pretrain a GPT on a text file by next-token prediction.
 The corpus is tokenized once with bpe.py (cached in cache_dir); checkpoints, the tokenizer and a CSV
 log of every evaluation go to out_dir. Run with --help to list every setting.
 """
+import atexit
 import csv
 import dataclasses
 import hashlib
@@ -263,6 +264,17 @@ if __name__ == "__main__":
 
     rank, world_size, run_device = setup_distributed()
     master = rank == 0
+    if world_size > 1:
+        # Once DDP has held the gloo process group, its threads outlive destroy_process_group and can abort the
+        # process (SIGABRT, burying the real message) as Python shuts down, on success and on error alike. So a
+        # rank leaves at exit with os._exit, past that teardown: 0 after a finished run, 1 after an error.
+        exit_status = 1
+
+        def leave_before_teardown():
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(exit_status)
+        atexit.register(leave_before_teardown)
     if grad_accum_steps % world_size:
         raise SystemExit(f"grad_accum_steps={grad_accum_steps} must be a multiple of the {world_size} processes")
     accum_per_rank = grad_accum_steps // world_size
@@ -447,8 +459,4 @@ if __name__ == "__main__":
         print(f"done in {time.time() - run_start:.0f}s; best val loss {best_val_loss:.4f}; {saved}")
     if world_size > 1:
         dist.destroy_process_group()
-        # DDP keeps the process group alive past destroy_process_group, and gloo's threads can then abort the
-        # finished process (SIGABRT) as Python shuts down. All is written, so skip that shutdown.
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(0)
+        exit_status = 0  # read by leave_before_teardown

@@ -1156,6 +1156,32 @@ def test_pretrain_under_torchrun_keeps_ranks_identical_and_resumes_bit_identical
     assert torchrun("b", init_from="resume") == uninterrupted  # each rank resumed its own dropout and data streams
 
 
+def test_pretrain_non_finite_loss_stops_with_a_sentence_and_keeps_the_last_checkpoint(tmp_path):
+    corpus = tmp_path / "corpus.txt"
+    make_corpus(corpus, n_words=2000)
+    run_script("pretrain.py", tiny_args(tmp_path, corpus, max_iters=10, eval_interval=10))
+    checkpoint = tmp_path / "out" / "ckpt.pt"
+    saved = checkpoint.read_bytes()
+    result = run_script("pretrain.py", tiny_args(tmp_path, corpus, init_from="resume", learning_rate=1e30, grad_clip=0),
+                        check=False)
+    assert result.returncode == 1 and "the loss became nan" in result.stderr and "Traceback" not in result.stderr
+    assert checkpoint.read_bytes() == saved
+
+
+def test_pretrain_under_torchrun_an_error_ends_each_rank_with_its_sentence_not_an_abort(tmp_path):
+    corpus = tmp_path / "corpus.txt"
+    make_corpus(corpus, n_words=2000)
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                             os.path.join(REPO, "pretrain.py"),
+                             *tiny_args(tmp_path, corpus, grad_accum_steps=2, learning_rate=1e30, grad_clip=0)],
+                            capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert result.returncode != 0 and "the loss became nan" in result.stderr
+    assert "terminate called" not in result.stderr
+    exit_codes = [line.split(":")[1].split()[0] for line in result.stderr.splitlines() if line.strip().startswith("exitcode")]
+    # torchrun's summary of the failed ranks: status 1, or -15 for a rank it stopped after the first; never -6 (SIGABRT)
+    assert "1" in exit_codes and set(exit_codes) <= {"1", "-15"}
+
+
 def test_pretrain_missing_data_file_is_one_clear_sentence(tmp_path):
     result = run_script("pretrain.py", tiny_args(tmp_path, tmp_path / "nope.txt"), check=False)
     assert result.returncode != 0 and "nope.txt does not exist" in result.stderr
