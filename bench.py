@@ -183,7 +183,7 @@ def bench_quality(data=DATA, seconds=75, vocab_size=6144, learning_rate=5e-3, ba
 # nanoGPT's CPU shape (shakespeare_char on a laptop) and nanoGPT's shakespeare_char GPU shape with a smaller batch
 SMALL = dict(vocab_size=65, d_model=128, n_heads=4, n_layers=4, d_ff=512, max_seq_len=64, dropout=0.0)
 WIDER = dict(vocab_size=65, d_model=384, n_heads=6, n_layers=6, d_ff=1536, max_seq_len=256, dropout=0.0)
-# the README's main command, read from config/small.py (its 4096-token vocabulary makes the logits the largest tensor)
+# the README's main command, read from config/small.py (its vocabulary of thousands makes the logits the largest tensor)
 _small = runpy.run_path(os.path.join(HERE, "config", "small.py"))
 CONFIG_SMALL = {k: _small[k] for k in ("vocab_size", "d_model", "n_heads", "n_layers", "d_ff", "max_seq_len", "dropout",
                                        "bias")}

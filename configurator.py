@@ -21,6 +21,7 @@ import json
 import os
 import re
 import sys
+import traceback
 import types
 
 SETTING_TYPES = (int, float, bool, str, type(None))
@@ -86,6 +87,11 @@ def _read_python_config(path):
             exec(compile(f.read(), path, "exec"), namespace)
     except SyntaxError as e:
         _fail(f"config file {path} has a syntax error on line {e.lineno}: {e.msg}")
+    except Exception as e:  # the file ran and raised: name its line, not configurator's
+        line = next((frame.lineno for frame in reversed(traceback.extract_tb(e.__traceback__))
+                     if frame.filename == path), "?")
+        hint = "; a config file sees only the names it sets itself" if isinstance(e, NameError) else ""
+        _fail(f"config file {path} failed on line {line} ({type(e).__name__}: {e}){hint}")
     # imported modules, functions and classes a config file may use are not settings; every other name is one,
     # whatever its type, so that a misspelt name or a list where a number belongs is an error, never ignored
     helpers = (types.ModuleType, types.FunctionType, types.BuiltinFunctionType, type)

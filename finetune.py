@@ -115,7 +115,8 @@ def read_rows(path):
         raise SystemExit(f"data_path {path} does not exist; give a CSV file with the columns prompt,response,rating")
     try:
         # utf-8-sig drops a BOM; str and keep_default_na keep texts such as 'None' or 'NA' as they are
-        df = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig", skipinitialspace=True)
+        df = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig", skipinitialspace=True,
+                         skip_blank_lines=False)  # kept, so that row numbers in messages count them
     except pd.errors.EmptyDataError:
         raise SystemExit(f"{path} is empty; it needs the header prompt,response,rating and one row per rated response")
     except UnicodeDecodeError:
@@ -127,14 +128,15 @@ def read_rows(path):
     if missing:
         raise SystemExit(f"{path} has no column {', '.join(missing)} (found: {', '.join(df.columns)}); "
                          f"the header must name prompt, response and rating")
+    df = df[list(COLUMNS)].apply(lambda column: column.str.strip())  # extra columns go
+    df = df[(df != "").any(axis=1)]  # blank lines go, keeping their index labels for the row numbers
     if len(df) == 0:
         raise SystemExit(f"{path} is empty; it has a header but no rows")
-    df = df[list(COLUMNS)].apply(lambda column: column.str.strip())  # extra columns go
     return df
 
 
 def row_list(index, limit=5):
-    """CSV row numbers of the DataFrame positions in index, as a spreadsheet shows them (the header is row 1)."""
+    """CSV row numbers of read_rows' index labels, as a spreadsheet shows them (the header is row 1)."""
     rows = [str(i + 2) for i in index[:limit]]
     return ", ".join(rows) + (", ..." if len(index) > limit else "")
 
@@ -147,14 +149,14 @@ def clean_rows(df, path, skip_bad_rows=False):
     problems = [(bad_rating, "a rating that is not a whole number from 1 to 5"),
                 (empty & ~bad_rating, "an empty prompt or response")]
     for mask, what in problems:
-        index = [i for i, bad in enumerate(mask) if bad]
+        index = list(df.index[mask])
         if index and not skip_bad_rows:
             raise SystemExit(f"{path}: {len(index)} row{'s have' if len(index) > 1 else ' has'} {what} (row "
                              f"{row_list(index)}; the header is row 1); fix them or set skip_bad_rows=True to skip them")
     bad = bad_rating | empty
     if bad.any():
         print(f"skipped {int(bad.sum())} of {len(df)} rows of {path} with a bad rating or an empty prompt or "
-              f"response (rows {row_list([i for i, b in enumerate(bad) if b])})")
+              f"response (rows {row_list(list(df.index[bad]))})")
     df = df[~bad].copy()
     df["rating"] = rating[~bad].astype(int)
     return df.reset_index(drop=True)
@@ -287,7 +289,8 @@ def preference_score(scored):
 
 
 @torch.no_grad()
-def evaluate(model, examples, max_seq_len, pad_id, device, batch_size, autocast=nullcontext(), prefix=None):
+def evaluate(model, examples, max_seq_len, pad_id, device, batch_size, autocast=nullcontext(), prefix=None,
+             pad_to=None):
     """Mean response loss per token for each rating ('loss_r1'...'loss_r5', None where absent) and the preference
     score ('pref'), with the model used as sample.py uses it: prefix (condition mode: <|rating_5|>, <|prompt|>)
     replaces every example's own, so each response is scored as an answer at the top rating."""
@@ -297,7 +300,7 @@ def evaluate(model, examples, max_seq_len, pad_id, device, batch_size, autocast=
     for i in range(0, len(examples), batch_size):
         pairs = [join(prefix or e.prefix, e.prompt_ids, e.reply, max_seq_len)[:2] for e in examples[i:i + batch_size]]
         with autocast:
-            lp, n = sequence_logprobs(model, *collate(pairs, pad_id, device))
+            lp, n = sequence_logprobs(model, *collate(pairs, pad_id, device, pad_to))
         logprobs += lp.tolist()
         counts += n.tolist()
     model.train(was_training)
@@ -369,6 +372,7 @@ def write_checkpoint():
         "model_config": dataclasses.asdict(model_config), "config": settings, "iter_num": iter_num,
         "best_val_loss": best_val_loss, "tokenizer_path": "tokenizer.json", "tokenizer_sha256": tokenizer_sha,
         "rng": rng_state(), "rating_mode": rating_mode, "template": template, "base_checkpoint": base_path,
+        "data_sha256": data_sha,
     }
     if rating_mode == "kto":  # the frozen reference travels with the run, so a resume needs nothing else
         checkpoint["reference_model"] = reference.state_dict()
@@ -418,6 +422,7 @@ if __name__ == "__main__":
 
     # the data first, so that a bad file stops the run before anything is loaded
     df = clean_rows(read_rows(data_path), data_path, skip_bad_rows)
+    data_sha = file_sha256(data_path)
     train_df, val_df = split_by_prompt(df, val_fraction, seed, data_path)
     train_df = training_rows(train_df, rating_mode, min_rating)
     if len(train_df) == 0:
@@ -438,6 +443,14 @@ if __name__ == "__main__":
         if checkpoint.get("kind") != "finetune" or checkpoint["rating_mode"] != rating_mode:
             raise SystemExit(f"{checkpoint_path} is not a fine-tuning run with rating_mode='{rating_mode}'; resume "
                              f"with the settings it was started with")
+        # these decide which rows train and which are held out: another value would mix the two
+        for name in ["seed", "val_fraction", "skip_bad_rows"] + (["min_rating"] if rating_mode == "filter" else []):
+            if checkpoint["config"].get(name, globals()[name]) != globals()[name]:
+                raise SystemExit(f"{checkpoint_path} was trained with {name}={checkpoint['config'][name]!r}, not "
+                                 f"{globals()[name]!r}; resume with the settings it was started with")
+        if checkpoint.get("data_sha256", data_sha) != data_sha:
+            raise SystemExit(f"{data_path} has changed since {checkpoint_path} was saved, which would change the "
+                             f"held-out prompts; resume with the file it was started with")
         base_path = checkpoint["base_checkpoint"]
     else:
         base_path = start_path
@@ -505,6 +518,7 @@ if __name__ == "__main__":
         os.remove(os.path.join(out_dir, "log.csv"))  # a fresh run starts a fresh log
     del checkpoint
     start_iter = iter_num
+    last_saved_iter = iter_num if init_from == "resume" else None  # for the message if the loss turns non-finite
     os.makedirs(out_dir, exist_ok=True)
     raw_model = model  # checkpoints hold the plain module's weights, never a compiled wrapper's
     if compile:
@@ -526,7 +540,7 @@ if __name__ == "__main__":
         if (iter_num % eval_interval == 0 or iter_num >= total_iters) and iter_num != last_eval_iter:
             if not (iter_num == start_iter and init_from == "resume"):  # the checkpoint already covers it
                 metrics = evaluate(model, val_examples, max_seq_len, pad_id, run_device, 2 * batch_size, autocast,
-                                   sample_prefix)
+                                   sample_prefix, pad_to)
                 first = first or metrics
                 log_evaluation({"iter": iter_num, "epoch": f"{iter_num * batch_size / len(train_examples):.2f}",
                                 "train_loss": fmt(train_loss),
@@ -540,6 +554,7 @@ if __name__ == "__main__":
                     best_val_loss = min(best_val_loss, metrics["loss_r5"])
                 if iter_num > start_iter:
                     write_checkpoint()
+                    last_saved_iter = iter_num
             last_eval_iter = iter_num
         if iter_num >= total_iters:
             break
@@ -550,8 +565,10 @@ if __name__ == "__main__":
         batch = [train_examples[i] for i in batch_indices(iter_num, len(train_examples), batch_size, seed)]
         loss, extra = training_loss(batch)
         if not math.isfinite(loss.item()):
+            kept = (f"{checkpoint_path} keeps iteration {last_saved_iter}, the last good state"
+                    if last_saved_iter is not None else "this run saved nothing (its first checkpoint was still to come)")
             raise SystemExit(f"the loss became {loss.item()} at iteration {iter_num}; stopped without saving, so "
-                             f"{checkpoint_path} keeps the last good state; lower learning_rate or set grad_clip")
+                             f"{kept}; lower learning_rate or set grad_clip")
         loss.backward()
         if grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)

@@ -359,6 +359,7 @@ if __name__ == "__main__":
     elif master and os.path.exists(os.path.join(out_dir, "log.csv")):
         os.remove(os.path.join(out_dir, "log.csv"))  # a fresh run starts a fresh log
     start_iter = iter_num
+    last_saved_iter = iter_num if init_from == "resume" else None  # for the message if the loss turns non-finite
     if master:
         os.makedirs(out_dir, exist_ok=True)
 
@@ -391,6 +392,8 @@ if __name__ == "__main__":
     while True:
         if (iter_num % eval_interval == 0 or iter_num >= max_iters) and iter_num != last_eval_iter:
             saving = iter_num > start_iter
+            if saving:
+                last_saved_iter = iter_num  # the master writes it below; every rank keeps count
             rank_rngs = every_rank_rng_state() if saving and world_size > 1 else None  # every rank takes part
             if master and not (iter_num == start_iter and init_from == "resume"):  # the checkpoint covers that one
                 losses = estimate_loss()
@@ -423,8 +426,10 @@ if __name__ == "__main__":
             loss.backward()
             step_loss += loss.item()
         if not math.isfinite(step_loss):
+            kept = (f"{checkpoint_path} keeps iteration {last_saved_iter}, the last good state"
+                    if last_saved_iter is not None else "this run saved nothing (its first checkpoint was still to come)")
             raise SystemExit(f"the loss became {step_loss} at iteration {iter_num}; stopped without saving, so "
-                             f"{checkpoint_path} keeps the last good state; lower learning_rate or set grad_clip")
+                             f"{kept}; lower learning_rate or set grad_clip")
         if grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
         optimizer.step()

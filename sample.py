@@ -81,14 +81,15 @@ def answer(prompt):
     prefix = [special[template["prompt"]]]
     if template.get("rating_token"):  # rating_mode='condition' learned to answer at the rating it is asked for
         prefix = [special[f"<|rating_{rating or 5}|>"]] + prefix
-    prompt_ids = crop_left(tokenizer.encode(prompt), model.config.max_seq_len - len(prefix) - 2, "the prompt")
+    prompt_ids = crop_left(tokenizer.encode(prompt.strip()),  # stripped, as finetune.py stripped every prompt
+                           model.config.max_seq_len - len(prefix) - 2, "the prompt")
     stream(prefix + prompt_ids + [special[template["response"]]], stop_token=special[template["end"]])
 
 
 # -----------------------------------------------------------------------------
 if __name__ == "__main__":
     configure(globals())
-    if rating is not None and rating not in (1, 2, 3, 4, 5):
+    if rating is not None and (type(rating) is not int or not 1 <= rating <= 5):  # not 5.0, not True
         raise SystemExit(f"rating must be 1 to 5, not {rating!r}")
     if temperature < 0 or top_k < 0 or not 0 < top_p <= 1:
         raise SystemExit(f"temperature must be >= 0, top_k >= 0 and top_p in (0, 1]; got {temperature}, {top_k}, {top_p}")
@@ -114,6 +115,8 @@ if __name__ == "__main__":
         if not fine_tuned:
             raise SystemExit(f"--chat=True needs a fine-tuned checkpoint; {out_dir} holds a pretrained one "
                              f"(train one with `python finetune.py config/finetune_small.py`)")
+        if start.strip():  # a prompt given with --start is answered first
+            answer(start)
         print("type a prompt and press Enter; Ctrl-D or Ctrl-C ends")
         while True:
             try:

@@ -953,6 +953,13 @@ def test_configurator_python_file_rejects_a_value_of_another_type_even_a_list(tm
         configure(fresh_settings(), argv=[str(wrong_type)], verbose=False)
 
 
+def test_configurator_python_file_that_raises_names_its_line(tmp_path):
+    raises = tmp_path / "raises.py"
+    raises.write_text("n_layers = 2\nlearning_rate = 3e-4 * batch_size\n")  # nanoGPT's configs may use other settings
+    with pytest.raises(SystemExit, match=r"raises.py failed on line 2 \(NameError: .*'batch_size'.*the names it sets itself"):
+        configure(fresh_settings(), argv=[str(raises)], verbose=False)
+
+
 def test_configurator_reads_json_whatever_the_case_of_its_suffix(tmp_path):
     path = tmp_path / "CONFIG.JSON"
     path.write_text('{"model": {"n_layers": 2}}')
@@ -1165,7 +1172,7 @@ def test_pretrain_non_finite_loss_stops_with_a_sentence_and_keeps_the_last_check
     result = run_script("pretrain.py", tiny_args(tmp_path, corpus, init_from="resume", learning_rate=1e30, grad_clip=0),
                         check=False)
     assert result.returncode == 1 and "the loss became nan" in result.stderr and "Traceback" not in result.stderr
-    assert checkpoint.read_bytes() == saved
+    assert "ckpt.pt keeps iteration 10, the last good state" in result.stderr and checkpoint.read_bytes() == saved
 
 
 def test_pretrain_under_torchrun_an_error_ends_each_rank_with_its_sentence_not_an_abort(tmp_path):
@@ -1175,8 +1182,8 @@ def test_pretrain_under_torchrun_an_error_ends_each_rank_with_its_sentence_not_a
                              os.path.join(REPO, "pretrain.py"),
                              *tiny_args(tmp_path, corpus, grad_accum_steps=2, learning_rate=1e30, grad_clip=0)],
                             capture_output=True, text=True, cwd=REPO, timeout=300)
-    assert result.returncode != 0 and "the loss became nan" in result.stderr
-    assert "terminate called" not in result.stderr
+    assert result.returncode != 0 and "the loss became nan at iteration 1" in result.stderr
+    assert "this run saved nothing" in result.stderr and "terminate called" not in result.stderr
     exit_codes = [line.split(":")[1].split()[0] for line in result.stderr.splitlines() if line.strip().startswith("exitcode")]
     # torchrun's summary of the failed ranks: status 1, or -15 for a rank it stopped after the first; never -6 (SIGABRT)
     assert "1" in exit_codes and set(exit_codes) <= {"1", "-15"}
@@ -1264,6 +1271,8 @@ def test_pretrain_downloads_two_urls_with_the_same_file_name_to_two_files(tmp_pa
     ("--top_p=0", "top_p in (0, 1]"),
     ("--start=FILE:/no/such/prompt.txt", "cannot read the prompt file /no/such/prompt.txt"),
     ("--rating=3", "--rating is only for a checkpoint fine-tuned with rating_mode='condition'"),
+    ("--rating=5.0", "rating must be 1 to 5, not 5.0"),
+    ("--rating=True", "rating must be 1 to 5, not True"),
     ("--device=cuda:99", "device 'cuda:99' is not available"),
 ])
 def test_sample_bad_settings_are_one_sentence(tiny_run, override, message):
@@ -1474,6 +1483,13 @@ def test_finetune_bad_ratings_give_the_first_rows_and_the_count(tmp_path):
         finetune.clean_rows(finetune.read_rows(path), path)
 
 
+def test_finetune_row_numbers_count_blank_lines_as_a_spreadsheet_shows_them(tmp_path):
+    path = tmp_path / "d.csv"
+    path.write_text('prompt,response,rating\na,x,5\n\nb,"two\nlines",4\nc,y,good\n')  # c is row 5
+    with pytest.raises(SystemExit, match=r"1 row has a rating .* \(row 5;"):
+        finetune.clean_rows(finetune.read_rows(str(path)), str(path))
+
+
 def test_finetune_empty_prompt_or_response_gives_the_rows(tmp_path):
     path = write_csv(tmp_path / "d.csv", [("a", "x", 5), ("  ", "y", 3), ("c", "", 4)])
     with pytest.raises(SystemExit, match=r"2 rows have an empty prompt or response \(row 3, 4;"):
@@ -1568,6 +1584,17 @@ def test_finetune_script_logs_saves_and_resumes_bit_identically(tmp_path, ft_tok
         assert f.read() == pretrained  # the pretrained run is never written to
 
 
+def test_finetune_resume_refuses_settings_or_data_that_would_change_the_held_out_prompts(tmp_path, ft_tokenizer):
+    pretrained_run(tmp_path / "out", ft_tokenizer)
+    write_csv(tmp_path / "d.csv", ft_rows())
+    run_finetune(ft_args(tmp_path, "a", max_iters=4))
+    result = run_finetune(ft_args(tmp_path, "a", init_from="resume", seed=2), check=False)
+    assert result.returncode != 0 and "was trained with seed=1337, not 2" in result.stderr
+    write_csv(tmp_path / "d.csv", ft_rows()[:-1])
+    result = run_finetune(ft_args(tmp_path, "a", init_from="resume"), check=False)
+    assert result.returncode != 0 and "d.csv has changed since" in result.stderr and "Traceback" not in result.stderr
+
+
 def test_finetune_every_training_setting_changes_the_trained_weights(tmp_path, ft_tokenizer):
     """As for pretrain.py: each setting alone changes the weights after 4 steps; a control run repeats its base."""
     pretrained_run(tmp_path / "out", ft_tokenizer)
@@ -1600,3 +1627,21 @@ def test_finetune_script_condition_mode_template_and_clean_errors(tmp_path, ft_t
     assert result.returncode != 0 and "must not overwrite" in result.stderr and "Traceback" not in result.stderr
     result = run_finetune(ft_args(tmp_path, "d", data_path=tmp_path / "missing.csv"), check=False)
     assert result.returncode != 0 and "missing.csv does not exist" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_sample_answers_in_the_fine_tuning_template_and_prints_only_the_response(tmp_path, ft_tokenizer):
+    pretrained_run(tmp_path / "out", ft_tokenizer)
+    write_csv(tmp_path / "d.csv", ft_rows())
+    run_finetune(ft_args(tmp_path, "c", rating_mode="condition", max_iters=4, eval_interval=4))
+    checkpoint = load_checkpoint(tmp_path / "c" / "ckpt.pt")
+    model = GPT(GPTConfig(**checkpoint["model_config"]))
+    model.load_state_dict(checkpoint["model"])
+    special, end = ft_tokenizer.special_tokens, ft_tokenizer.special_tokens["<|endoftext|>"]
+    prompt = [special["<|rating_5|>"], special["<|prompt|>"], *ft_tokenizer.encode("Repeat cat."), special["<|response|>"]]
+    new = model.eval().generate(torch.tensor([prompt]), 12, temperature=0, stop_token=end)[0, len(prompt):].tolist()
+    expected = ft_tokenizer.decode([t for t in new if t != end]) + "\n"
+    common = [f"--out_dir={tmp_path / 'c'}", "--temperature=0", "--max_new_tokens=12"]
+    for start in ("Repeat cat.", "  Repeat cat.\n"):  # stripped, as fine-tuning strips its prompts
+        assert run_script("sample.py", [*common, f"--start={start}"]).stdout == expected
+    chat = run_script("sample.py", [*common, "--chat=True", "--start=Repeat cat."], input="")  # then Ctrl-D
+    assert chat.stdout.startswith(expected)
