@@ -390,7 +390,8 @@ class Tokenizer:
                 ids.extend(self.encode_ordinary(part))
         return ids
 
-    def _bytes(self, ids):
+    def decode_bytes(self, ids):
+        """Ids to the bytes they stand for (one id may be part of a UTF-8 character)."""
         if not isinstance(ids, (list, tuple)):  # an iterator is read once; a tensor or an array holds ids, not ints
             ids = ids.tolist() if hasattr(ids, "tolist") else list(ids)
         try:
@@ -401,14 +402,14 @@ class Tokenizer:
 
     def decode(self, ids):
         """Ids to text; bytes that are not valid UTF-8 (from a partial sequence of ids) become U+FFFD."""
-        return self._bytes(ids).decode("utf-8", errors="replace")
+        return self.decode_bytes(ids).decode("utf-8", errors="replace")
 
     def decode_stream(self, ids):
         """Yield text as ids arrive, holding back the bytes of a character split across tokens until
         it is complete; the pieces join to decode(ids)."""
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         for i in ids:
-            text = decoder.decode(self._bytes((i,)))
+            text = decoder.decode(self.decode_bytes((i,)))
             if text:
                 yield text
         text = decoder.decode(b"", final=True)  # leftover bytes of an unfinished character

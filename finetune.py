@@ -357,7 +357,8 @@ def training_loss(batch):
 
 
 def rng_state():
-    return {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+    # CUDA: this process's own device only, so a resume on a machine with fewer GPUs still works
+    return {"torch": torch.get_rng_state(), "cuda": [torch.cuda.get_rng_state()] if device_type == "cuda" else []}
 
 
 def write_checkpoint():
@@ -377,6 +378,14 @@ def write_checkpoint():
     if rating_mode == "kto":  # the frozen reference travels with the run, so a resume needs nothing else
         checkpoint["reference_model"] = reference.state_dict()
     save_checkpoint(checkpoint, os.path.join(out_dir, "ckpt.pt"))
+
+
+def stop_on_non_finite(what, value):
+    """Stop without saving, and say which checkpoint still holds the last good state."""
+    kept = (f"{checkpoint_path} keeps iteration {last_saved_iter}, the last good state" if last_saved_iter is not None
+            else "this run saved nothing (its first checkpoint was still to come)")
+    raise SystemExit(f"the {what} became {value} at iteration {iter_num}; stopped without saving, so {kept}; "
+                     f"lower learning_rate or set grad_clip")
 
 
 def log_evaluation(row):
@@ -409,6 +418,11 @@ if __name__ == "__main__":
         raise SystemExit(f"max_iters and n_epochs must not be negative (got {max_iters} and {n_epochs})")
     if dtype not in ("float32", "bfloat16"):
         raise SystemExit(f"dtype must be 'float32' or 'bfloat16', not '{dtype}'")
+    if not 0 <= dropout < 1:
+        raise SystemExit(f"dropout must be in [0, 1), not {dropout}")
+    if learning_rate < 0 or weight_decay < 0 or not (0 <= beta1 < 1 and 0 <= beta2 < 1):
+        raise SystemExit(f"learning_rate and weight_decay must be >= 0 and beta1 and beta2 in [0, 1); got "
+                         f"{learning_rate}, {weight_decay}, {beta1} and {beta2}")
     try:
         run_device = pick_device(device)
     except ValueError as e:
@@ -511,8 +525,8 @@ if __name__ == "__main__":
         optimizer.load_state_dict(checkpoint["optimizer"])
         iter_num, best_val_loss = checkpoint["iter_num"], checkpoint["best_val_loss"]
         torch.set_rng_state(checkpoint["rng"]["torch"].cpu())
-        if checkpoint["rng"]["cuda"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all([state.cpu() for state in checkpoint["rng"]["cuda"]])
+        if checkpoint["rng"]["cuda"] and device_type == "cuda":
+            torch.cuda.set_rng_state(checkpoint["rng"]["cuda"][0].cpu())
         print(f"resuming from {checkpoint_path} at iteration {iter_num}")
     elif os.path.exists(os.path.join(out_dir, "log.csv")):
         os.remove(os.path.join(out_dir, "log.csv"))  # a fresh run starts a fresh log
@@ -541,6 +555,9 @@ if __name__ == "__main__":
             if not (iter_num == start_iter and init_from == "resume"):  # the checkpoint already covers it
                 metrics = evaluate(model, val_examples, max_seq_len, pad_id, run_device, 2 * batch_size, autocast,
                                    sample_prefix, pad_to)
+                losses = [metrics[f"loss_r{r}"] for r in range(1, 6) if metrics[f"loss_r{r}"] is not None]
+                if not all(map(math.isfinite, losses)):
+                    stop_on_non_finite("held-out response losses", ", ".join(map(str, losses)))
                 first = first or metrics
                 log_evaluation({"iter": iter_num, "epoch": f"{iter_num * batch_size / len(train_examples):.2f}",
                                 "train_loss": fmt(train_loss),
@@ -558,6 +575,14 @@ if __name__ == "__main__":
             last_eval_iter = iter_num
         if iter_num >= total_iters:
             break
+        if stop_requested:  # after the evaluation due at this step, so that a resume never misses one
+            if iter_num > start_iter and last_saved_iter != iter_num:
+                write_checkpoint()
+                last_saved_iter = iter_num
+            progress.write(f"interrupted at iteration {iter_num}; " + (
+                f"{checkpoint_path} holds it: continue with --init_from=resume" if last_saved_iter == iter_num
+                else "nothing was saved"))
+            break
 
         lr = lr_at(iter_num, total_iters)
         for group in optimizer.param_groups:
@@ -565,10 +590,7 @@ if __name__ == "__main__":
         batch = [train_examples[i] for i in batch_indices(iter_num, len(train_examples), batch_size, seed)]
         loss, extra = training_loss(batch)
         if not math.isfinite(loss.item()):
-            kept = (f"{checkpoint_path} keeps iteration {last_saved_iter}, the last good state"
-                    if last_saved_iter is not None else "this run saved nothing (its first checkpoint was still to come)")
-            raise SystemExit(f"the loss became {loss.item()} at iteration {iter_num}; stopped without saving, so "
-                             f"{kept}; lower learning_rate or set grad_clip")
+            stop_on_non_finite("loss", loss.item())
         loss.backward()
         if grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
@@ -578,13 +600,8 @@ if __name__ == "__main__":
         train_loss = loss.item() if train_loss is None else 0.9 * train_loss + 0.1 * loss.item()
         progress.update(1)
         progress.set_postfix(loss=f"{train_loss:.3f}", lr=f"{lr:.1e}", **{k: f"{v:.2f}" for k, v in extra.items()})
-        if stop_requested:
-            write_checkpoint()
-            progress.write(f"interrupted: saved {checkpoint_path} at iteration {iter_num}; continue with "
-                           f"--init_from=resume")
-            break
     progress.close()
-    if not stop_requested:
+    if iter_num >= total_iters:  # finished, not interrupted
         last = metrics
         saved = f"checkpoint {checkpoint_path}" if iter_num > start_iter else "no steps to take, so nothing saved"
         summary = f"done in {time.time() - run_start:.0f}s; {saved}"

@@ -98,9 +98,10 @@ def build_default_corpus(path):
         with open(os.path.join(lib_dir, name), encoding="utf-8", errors="replace") as f:
             documents.append(f.read())
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
+    tmp = f"{path}.tmp{os.getpid()}"  # per process: two runs may build it at once
+    with open(tmp, "w", encoding="utf-8") as f:
         f.write("<|endoftext|>".join(documents))
-    os.replace(path + ".tmp", path)
+    os.replace(tmp, path)
     print(f"built the default corpus {path} from {len(names)} modules in {lib_dir}")
 
 
@@ -114,10 +115,10 @@ def fetch_corpus(path):
             os.makedirs(cache_dir, exist_ok=True)
             print(f"downloading {path} to {local}")
             try:
-                urllib.request.urlretrieve(path, local + ".tmp")
+                urllib.request.urlretrieve(path, f"{local}.tmp{os.getpid()}")
             except OSError as e:
                 raise SystemExit(f"could not download data_path {path} ({e}); download it yourself and give the file")
-            os.replace(local + ".tmp", local)
+            os.replace(f"{local}.tmp{os.getpid()}", local)
         path = local
     elif os.path.isdir(path):
         raise SystemExit(f"data_path {path} is a directory; give a UTF-8 text file or an http(s) URL")
@@ -157,9 +158,10 @@ def prepare_tokens(text_path):
     if not os.path.exists(ids_path):
         t0 = time.time()
         workers = 1 if os.path.getsize(text_path) < 64 << 20 else max(1, os.cpu_count() - 1)
-        n_ids = tokenizer.encode_file(text_path, ids_path + ".tmp", dtype=ids_dtype, num_workers=workers,
+        tmp = f"{ids_path}.tmp{os.getpid()}"  # per process: runs sharing cache_dir may encode at once
+        n_ids = tokenizer.encode_file(text_path, tmp, dtype=ids_dtype, num_workers=workers,
                                       allowed_special={"<|endoftext|>"})
-        os.replace(ids_path + ".tmp", ids_path)
+        os.replace(tmp, ids_path)
         print(f"encoded {os.path.getsize(text_path) / 1e6:.1f} MB to {n_ids:,} tokens in {time.time() - t0:.1f}s")
     return tokenizer, tokenizer_path, tokenizer_sha, ids_path, ids_dtype
 
@@ -206,8 +208,9 @@ def estimate_loss():
 
 
 def rng_state():
+    # CUDA: this process's own device only, so a resume on a machine with fewer GPUs still works
     return {"torch": torch.get_rng_state(), "data": data_generator.get_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+            "cuda": [torch.cuda.get_rng_state()] if device_type == "cuda" else []}
 
 
 def every_rank_rng_state():
@@ -233,6 +236,14 @@ def write_checkpoint(rank_rngs=None):
         "rank_rngs": rank_rngs or [],  # under torchrun: every rank's RNG states ("rng" is rank 0's)
     }
     save_checkpoint(checkpoint, os.path.join(out_dir, "ckpt.pt"))
+
+
+def stop_on_non_finite(what, value):
+    """Stop without saving, and say which checkpoint still holds the last good state."""
+    kept = (f"{checkpoint_path} keeps iteration {last_saved_iter}, the last good state" if last_saved_iter is not None
+            else "this run saved nothing (its first checkpoint was still to come)")
+    raise SystemExit(f"the {what} became {value} at iteration {iter_num}; stopped without saving, so {kept}; "
+                     f"lower learning_rate or set grad_clip")
 
 
 def log_evaluation(row):
@@ -261,6 +272,14 @@ if __name__ == "__main__":
         raise SystemExit(f"max_iters and n_epochs must not be negative (got {max_iters} and {n_epochs})")
     if not 0 < val_fraction < 1:
         raise SystemExit(f"val_fraction must be between 0 and 1, not {val_fraction}")
+    if learning_rate < 0 or weight_decay < 0 or not (0 <= beta1 < 1 and 0 <= beta2 < 1):
+        raise SystemExit(f"learning_rate and weight_decay must be >= 0 and beta1 and beta2 in [0, 1); got "
+                         f"{learning_rate}, {weight_decay}, {beta1} and {beta2}")
+    try:  # the model's settings, before any slow work (the model itself takes the tokenizer's vocab_size)
+        GPTConfig(vocab_size=vocab_size, d_model=d_model, n_heads=n_heads, n_layers=n_layers, d_ff=d_ff,
+                  max_seq_len=max_seq_len, dropout=dropout, bias=bias)
+    except ValueError as e:
+        raise SystemExit(str(e))
 
     rank, world_size, run_device = setup_distributed()
     master = rank == 0
@@ -305,7 +324,9 @@ if __name__ == "__main__":
                          f"windows of max_seq_len={max_seq_len}; use a larger file or a smaller max_seq_len")
     # bits per byte = nats per token * tokens per byte / ln 2, with the bytes of the validation text itself
     val_ids = np.memmap(ids_path, dtype=ids_dtype, mode="r")[n_train_tokens:]
-    val_tokens_per_byte = len(val_ids) / len(tokenizer.decode(val_ids.tolist()).encode("utf-8"))
+    token_lengths = np.array([len(tokenizer.decode_bytes([i])) for i in range(tokenizer.vocab_size)])
+    val_bytes = sum(int(token_lengths[val_ids[i:i + (1 << 22)]].sum()) for i in range(0, len(val_ids), 1 << 22))
+    val_tokens_per_byte = len(val_ids) / val_bytes
     del val_ids
     tokens_per_iter = grad_accum_steps * batch_size * max_seq_len
     if n_epochs > 0:
@@ -319,6 +340,8 @@ if __name__ == "__main__":
                              d_ff=d_ff, max_seq_len=max_seq_len, dropout=dropout, bias=bias)
     model = GPT(model_config).to(run_device)
     optimizer = model.configure_optimizer(weight_decay, learning_rate, (beta1, beta2), device_type)
+    if world_size > 1:
+        torch.manual_seed(seed + rank)  # the same initial weights, but each rank its own dropout masks
     data_generator = torch.Generator().manual_seed(seed + rank)  # each rank draws its own windows
     iter_num, best_val_loss = 0, float("inf")
     checkpoint_path = os.path.join(out_dir, "ckpt.pt")
@@ -336,6 +359,9 @@ if __name__ == "__main__":
             if checkpoint["model_config"].get(key) != value:
                 raise SystemExit(f"{checkpoint_path} has {key}={checkpoint['model_config'].get(key)} but the settings "
                                  f"give {value}; resume with the checkpoint's settings or use init_from='scratch'")
+        if checkpoint["config"].get("val_fraction", val_fraction) != val_fraction:  # it would mix the two splits
+            raise SystemExit(f"{checkpoint_path} was trained with val_fraction={checkpoint['config']['val_fraction']}, "
+                             f"not {val_fraction}; resume with the checkpoint's settings")
         if checkpoint["tokenizer_sha256"] != tokenizer_sha:
             raise SystemExit(f"{checkpoint_path} was trained with another tokenizer than the one for {data_path} "
                              f"(vocab_size={vocab_size}); resume with the same data and vocab_size")
@@ -346,8 +372,8 @@ if __name__ == "__main__":
         rng = rank_rngs[rank] if len(rank_rngs) == world_size > 1 else checkpoint["rng"]
         torch.set_rng_state(rng["torch"].cpu())
         data_generator.set_state(rng["data"].cpu())
-        if rng["cuda"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all([state.cpu() for state in rng["cuda"]])
+        if rng["cuda"] and device_type == "cuda":
+            torch.cuda.set_rng_state(rng["cuda"][0].cpu())
         if world_size > 1 and rng is checkpoint["rng"]:  # saved by another number of processes
             if master:
                 print(f"{checkpoint_path} was saved by {max(1, len(rank_rngs))} processes, not {world_size}: every rank "
@@ -392,11 +418,11 @@ if __name__ == "__main__":
     while True:
         if (iter_num % eval_interval == 0 or iter_num >= max_iters) and iter_num != last_eval_iter:
             saving = iter_num > start_iter
-            if saving:
-                last_saved_iter = iter_num  # the master writes it below; every rank keeps count
             rank_rngs = every_rank_rng_state() if saving and world_size > 1 else None  # every rank takes part
             if master and not (iter_num == start_iter and init_from == "resume"):  # the checkpoint covers that one
                 losses = estimate_loss()
+                if not math.isfinite(losses["train"] + losses["val"]):
+                    stop_on_non_finite("evaluation losses", f"{losses['train']} (train) and {losses['val']} (validation)")
                 val_bpb = losses["val"] * val_tokens_per_byte / math.log(2)
                 log_evaluation({"iter": iter_num, "tokens": iter_num * tokens_per_iter,
                                 "train_loss": f"{losses['train']:.4f}", "val_loss": f"{losses['val']:.4f}",
@@ -408,8 +434,25 @@ if __name__ == "__main__":
                 best_val_loss = min(best_val_loss, losses["val"])
                 if saving:
                     write_checkpoint(rank_rngs)
+            if saving:
+                last_saved_iter = iter_num  # the master wrote it; every rank keeps count
             last_eval_iter = iter_num
         if iter_num >= max_iters:
+            break
+        if world_size > 1:  # every rank must stop at the same step
+            stop = torch.tensor(float(stop_requested), device=run_device)
+            dist.all_reduce(stop, op=dist.ReduceOp.MAX)
+            stop_requested = bool(stop.item())
+        if stop_requested:  # after the evaluation due at this step, so that a resume never misses one
+            if iter_num > start_iter and last_saved_iter != iter_num:
+                rank_rngs = every_rank_rng_state() if world_size > 1 else None
+                if master:
+                    write_checkpoint(rank_rngs)
+                last_saved_iter = iter_num
+            if master:
+                progress.write(f"interrupted at iteration {iter_num}; " + (
+                    f"{checkpoint_path} holds it: continue with --init_from=resume" if last_saved_iter == iter_num
+                    else "nothing was saved"))
             break
 
         t0 = time.time()
@@ -426,10 +469,7 @@ if __name__ == "__main__":
             loss.backward()
             step_loss += loss.item()
         if not math.isfinite(step_loss):
-            kept = (f"{checkpoint_path} keeps iteration {last_saved_iter}, the last good state"
-                    if last_saved_iter is not None else "this run saved nothing (its first checkpoint was still to come)")
-            raise SystemExit(f"the loss became {step_loss} at iteration {iter_num}; stopped without saving, so "
-                             f"{kept}; lower learning_rate or set grad_clip")
+            stop_on_non_finite("loss", step_loss)
         if grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
         optimizer.step()
@@ -442,24 +482,12 @@ if __name__ == "__main__":
         progress.update(1)
         if iter_num % 10 == 0:
             progress.set_postfix(loss=f"{step_loss:.3f}", tok_s=f"{tokens_per_sec:,.0f}", mfu=f"{mfu:.0%}", lr=f"{lr:.1e}")
-
-        if world_size > 1:  # every rank must stop at the same step
-            stop = torch.tensor(float(stop_requested), device=run_device)
-            dist.all_reduce(stop, op=dist.ReduceOp.MAX)
-            stop_requested = bool(stop.item())
-        if stop_requested:
-            rank_rngs = every_rank_rng_state() if world_size > 1 else None
-            if master:
-                write_checkpoint(rank_rngs)
-                progress.write(f"interrupted: saved {checkpoint_path} at iteration {iter_num}; "
-                               f"continue with --init_from=resume")
-            break
     progress.close()
 
     if world_size > 1:  # all ranks must hold the same weights; print a digest of them so anyone can check
         digest = hashlib.sha256(b"".join(p.detach().cpu().numpy().tobytes() for p in raw_model.parameters()))
         print(f"rank {rank}: weights sha256 {digest.hexdigest()}", flush=True)
-    if master and not stop_requested:
+    if master and iter_num >= max_iters:  # finished, not interrupted
         saved = f"checkpoint {checkpoint_path}" if iter_num > start_iter else "no steps to take, so nothing saved"
         print(f"done in {time.time() - run_start:.0f}s; best val loss {best_val_loss:.4f}; {saved}")
     if world_size > 1:

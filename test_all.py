@@ -400,6 +400,15 @@ def test_tokenizer_decode_stream_holds_split_characters():
         tok.decode([-1])
 
 
+def test_tokenizer_decode_bytes_gives_exact_bytes_even_for_part_of_a_character():
+    tok = Tokenizer.train("héllo wörld, 中文 " * 50, vocab_size=300)
+    text = "héllo wörld, 中文 😀"
+    ids = tok.encode(text)
+    assert tok.decode_bytes(ids) == text.encode("utf-8")
+    assert b"".join(tok.decode_bytes([i]) for i in ids) == text.encode("utf-8")  # what bits per byte counts
+    assert tok.decode_bytes([0xF0, 0x9F]) == b"\xf0\x9f"  # not replaced, unlike decode()
+
+
 def test_tokenizer_encode_file_matches_encode(tmp_path):
     rng = random.Random(16)
     special = "<|endoftext|>"
@@ -1116,20 +1125,24 @@ def test_pretrain_every_training_setting_changes_the_trained_weights(tmp_path):
         assert changed != (name == "control"), f"{name}: {'changed' if changed else 'no effect'}"
 
 
-def test_pretrain_resume_refuses_a_checkpoint_of_another_shape(tiny_run):
+def test_pretrain_resume_refuses_a_checkpoint_of_another_shape_or_validation_split(tiny_run):
     run_dir, corpus = tiny_run
     result = run_script("pretrain.py", tiny_args(run_dir, corpus, d_model=48, init_from="resume"), check=False)
     assert result.returncode != 0
     assert "d_model=32 but the settings give 48" in result.stderr
     assert "Traceback" not in result.stderr
+    result = run_script("pretrain.py", tiny_args(run_dir, corpus, init_from="resume", dropout=0.1, val_fraction=0.2),
+                        check=False)
+    assert result.returncode != 0 and "was trained with val_fraction=0.1, not 0.2" in result.stderr
 
 
-def test_pretrain_ctrl_c_saves_a_checkpoint_and_exits_cleanly(tmp_path):
+def test_pretrain_ctrl_c_saves_a_checkpoint_exits_cleanly_and_the_resume_misses_no_evaluation(tmp_path):
     corpus = tmp_path / "corpus.txt"
     make_corpus(corpus, n_words=4000)
     out_dir = tmp_path / "out"
+    every_step = dict(eval_interval=1, eval_iters=1)  # so that Ctrl-C always lands on a step that is due an evaluation
     process = subprocess.Popen([sys.executable, os.path.join(REPO, "pretrain.py"),
-                                *tiny_args(tmp_path, corpus, max_iters=100000, eval_interval=100000)],
+                                *tiny_args(tmp_path, corpus, max_iters=100000, **every_step)],
                                cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while not os.path.exists(out_dir / "log.csv") and time.time() < deadline:  # the loop has started
@@ -1138,9 +1151,11 @@ def test_pretrain_ctrl_c_saves_a_checkpoint_and_exits_cleanly(tmp_path):
     process.send_signal(signal.SIGINT)
     stdout, stderr = process.communicate(timeout=60)
     assert process.returncode == 0, stderr
-    assert "interrupted: saved" in stderr + stdout
-    checkpoint = torch.load(out_dir / "ckpt.pt", weights_only=True)
-    assert checkpoint["iter_num"] > 0
+    stopped = torch.load(out_dir / "ckpt.pt", weights_only=True)["iter_num"]
+    assert stopped > 0 and f"interrupted at iteration {stopped}; {out_dir / 'ckpt.pt'} holds it" in stderr + stdout
+    run_script("pretrain.py", tiny_args(tmp_path, corpus, init_from="resume", max_iters=stopped + 2, **every_step))
+    with open(out_dir / "log.csv") as f:
+        assert [int(row["iter"]) for row in csv.DictReader(f)] == list(range(stopped + 3))  # each step, once
 
 
 def test_pretrain_under_torchrun_keeps_ranks_identical_and_resumes_bit_identically(tmp_path):
@@ -1238,6 +1253,8 @@ def test_pretrain_refuses_to_resume_a_fine_tuning_checkpoint(tiny_run, tmp_path)
     ("--device=gpu", "device 'gpu' is not one of"),
     ("--data_path=EMPTY", "is an empty file"),
     ("--data_path=DIRECTORY", "is a directory"),
+    ("--n_heads=3", "d_model=32 must be divisible by n_heads=3"),  # before any data is read (there is none here)
+    ("--beta2=1.0", "beta1 and beta2 in [0, 1)"),
 ])
 def test_pretrain_settings_and_data_that_cannot_work_are_one_sentence(tmp_path, override, message):
     (tmp_path / "empty.txt").write_text("")
@@ -1582,6 +1599,13 @@ def test_finetune_script_logs_saves_and_resumes_bit_identically(tmp_path, ft_tok
     assert os.path.exists(tmp_path / "a" / "tokenizer.json")
     with open(tmp_path / "out" / "ckpt.pt", "rb") as f:
         assert f.read() == pretrained  # the pretrained run is never written to
+
+
+def test_finetune_impossible_optimizer_or_dropout_settings_are_one_sentence_before_any_work(tmp_path):
+    for override, message in (("--dropout=1.0", "dropout must be in [0, 1), not 1.0"),
+                              ("--learning_rate=-1", "learning_rate and weight_decay must be >= 0")):
+        result = run_finetune([f"--data_path={tmp_path / 'missing.csv'}", override], check=False)
+        assert result.returncode != 0 and message in result.stderr and "Traceback" not in result.stderr
 
 
 def test_finetune_resume_refuses_settings_or_data_that_would_change_the_held_out_prompts(tmp_path, ft_tokenizer):
