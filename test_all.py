@@ -1619,6 +1619,26 @@ def test_finetune_resume_refuses_settings_or_data_that_would_change_the_held_out
     assert result.returncode != 0 and "d.csv has changed since" in result.stderr and "Traceback" not in result.stderr
 
 
+def test_finetune_ctrl_c_saves_exits_cleanly_and_the_resume_misses_no_evaluation(tmp_path, ft_tokenizer):
+    pretrained_run(tmp_path / "out", ft_tokenizer)
+    write_csv(tmp_path / "d.csv", ft_rows())
+    process = subprocess.Popen([sys.executable, os.path.join(REPO, "finetune.py"),
+                                *ft_args(tmp_path, "ft", max_iters=100000, eval_interval=1)],
+                               cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not os.path.exists(tmp_path / "ft" / "log.csv") and time.time() < deadline:  # the loop has started
+        time.sleep(0.1)
+    time.sleep(1.0)
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=60)
+    assert process.returncode == 0, stderr
+    stopped = load_checkpoint(tmp_path / "ft" / "ckpt.pt")["iter_num"]
+    assert stopped > 0 and f"interrupted at iteration {stopped}; " in stderr + stdout
+    run_finetune(ft_args(tmp_path, "ft", init_from="resume", max_iters=stopped + 2, eval_interval=1))
+    with open(tmp_path / "ft" / "log.csv") as f:
+        assert [int(row["iter"]) for row in csv.DictReader(f)] == list(range(stopped + 3))  # each step, once
+
+
 def test_finetune_every_training_setting_changes_the_trained_weights(tmp_path, ft_tokenizer):
     """As for pretrain.py: each setting alone changes the weights after 4 steps; a control run repeats its base."""
     pretrained_run(tmp_path / "out", ft_tokenizer)
