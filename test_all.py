@@ -784,17 +784,44 @@ def test_generate_top_p_keeps_only_the_nucleus():
 def test_generate_stop_token_stops_every_row():
     model = tiny_model()
     idx = torch.randint(0, 50, (2, 3))
-    free = model.generate(idx, 30, temperature=0)
+    torch.manual_seed(3)
+    free = model.generate(idx, 30, temperature=1.0)  # sampled: without the stop, rows go on with other tokens
     stop = int(free[0, 5])  # the third token row 0 generates
-    out = model.generate(idx, 30, temperature=0, stop_token=stop)
+    torch.manual_seed(3)
+    out = model.generate(idx, 30, temperature=1.0, stop_token=stop)
     ends = []
     for row in range(2):
         new = free[row, 3:].tolist()
         ends.append(new.index(stop) + 1 if stop in new else 30)
-    assert out.shape[1] == 3 + max(ends)
+    assert ends[0] < ends[1] < 30  # row 0 stops first, row 1 later, which ends the generation
+    assert out.shape[1] == 3 + ends[1]
     for row in range(2):
         assert torch.equal(out[row, :3 + ends[row]], free[row, :3 + ends[row]])
         assert torch.all(out[row, 3 + ends[row]:] == stop)  # a finished row repeats the stop token
+    assert not torch.all(free[0, 3 + ends[0]:3 + ends[1]] == stop)  # where, unstopped, it went on
+
+
+def test_generate_past_the_context_follows_the_documented_window():
+    """Past max_seq_len (16 here) the window jumps to the last max_seq_len // 2 tokens, and the cache is refilled
+    from them; the model is spied on to see exactly which tokens it is given at each step."""
+    model = tiny_model()
+    idx = torch.randint(0, 50, (1, 10))
+    for use_cache in (True, False):
+        seen, real = [], model.hidden_states
+        model.hidden_states = lambda x, *cache: seen.append(x) or real(x, *cache)
+        try:
+            out = model.generate(idx, 40, use_cache=use_cache)
+        finally:
+            del model.hidden_states
+        assert len(seen) == 40
+        start = 0
+        for step, x in enumerate(seen):
+            n_tokens = 10 + step  # prompt and generated tokens so far
+            slides = n_tokens - start > 16
+            if slides:
+                start = n_tokens - 8
+            whole_window = not use_cache or step == 0 or slides  # the cache holds the rest
+            assert torch.equal(x, out[:, start:n_tokens] if whole_window else out[:, n_tokens - 1:n_tokens])
 
 
 def test_generate_restores_train_mode():
@@ -863,6 +890,18 @@ def test_model_checkpoint_round_trip(tmp_path):
                   "rng": torch.get_rng_state(), "nested": {"a": [1, 2.5, "x", None, True]}}
     save_checkpoint(checkpoint, path)
     assert os.listdir(os.path.dirname(path)) == ["ckpt.pt"]  # no .tmp left behind
+    before = open(path, "rb").read()
+
+    def crash_half_way(obj, f):
+        f.write(b"half a checkpoint")
+        raise KeyboardInterrupt
+    real_save, torch.save = torch.save, crash_half_way
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            save_checkpoint({**checkpoint, "iter_num": 8}, path)
+    finally:
+        torch.save = real_save
+    assert open(path, "rb").read() == before  # the last good checkpoint is untouched
     loaded = load_checkpoint(path)  # weights_only=True
     assert all(not key.startswith("_orig_mod.") for key in loaded["model"])
     assert loaded["iter_num"] == 7 and loaded["best_val_loss"] == 1.5 and loaded["betas"] == [0.9, 0.95]
@@ -1069,7 +1108,13 @@ def test_pretrain_lowers_the_validation_loss(tiny_run):
     rows = read_log(tiny_run[0] / "out")
     assert [int(r["iter"]) for r in rows] == [0, 10, 20, 30]
     assert float(rows[-1]["val_loss"]) < 0.8 * float(rows[0]["val_loss"])
-    assert all(float(r["val_bpb"]) > 0 for r in rows)
+    run_dir = tiny_run[0]
+    tokenizer = Tokenizer.load(run_dir / "out" / "tokenizer.json")
+    ids = np.fromfile(next((run_dir / "cache").glob("*.uint16")), dtype="<u2")
+    val_ids = ids[int(len(ids) * 0.9):].tolist()  # the validation split: the last tenth
+    tokens_per_byte = len(val_ids) / len(tokenizer.decode_bytes(val_ids))
+    for r in rows:
+        assert float(r["val_bpb"]) == pytest.approx(float(r["val_loss"]) * tokens_per_byte / math.log(2), rel=1e-3)
 
 
 def test_pretrain_learning_rate_starts_above_zero_and_ends_at_the_floor(tiny_run):
@@ -1112,7 +1157,7 @@ def test_pretrain_every_training_setting_changes_the_trained_weights(tmp_path):
     variants = {"learning_rate": 1e-3, "min_lr_ratio": 0.5, "warmup_iters": 1, "lr_decay_iters": 3,
                 "weight_decay": 0.5, "beta1": 0.5, "beta2": 0.5, "grad_clip": 0.01, "grad_accum_steps": 2,
                 "batch_size": 4, "dropout": 0.1, "seed": 1, "max_seq_len": 16, "val_fraction": 0.3,
-                "dtype": "bfloat16", "control": None}
+                "dtype": "bfloat16", "bias": False, "n_epochs": 0.01, "control": None}
 
     def args(name, value=None):
         overrides = dict(max_iters=4, eval_interval=4, eval_iters=1, warmup_iters=2, cache_dir=tmp_path / "cache")
@@ -1121,7 +1166,7 @@ def test_pretrain_every_training_setting_changes_the_trained_weights(tmp_path):
     base = load_checkpoint(tmp_path / "base" / "out" / "ckpt.pt")["model"]
     for name in variants:
         weights = load_checkpoint(tmp_path / name / "out" / "ckpt.pt")["model"]
-        changed = any(not torch.equal(weights[k], base[k]) for k in base)
+        changed = weights.keys() != base.keys() or any(not torch.equal(weights[k], base[k]) for k in base)
         assert changed != (name == "control"), f"{name}: {'changed' if changed else 'no effect'}"
 
 
@@ -1134,6 +1179,10 @@ def test_pretrain_resume_refuses_a_checkpoint_of_another_shape_or_validation_spl
     result = run_script("pretrain.py", tiny_args(run_dir, corpus, init_from="resume", dropout=0.1, val_fraction=0.2),
                         check=False)
     assert result.returncode != 0 and "was trained with val_fraction=0.1, not 0.2" in result.stderr
+    other = run_dir / "other.txt"
+    make_corpus(other, seed=1)
+    result = run_script("pretrain.py", tiny_args(run_dir, other, init_from="resume", dropout=0.1), check=False)
+    assert result.returncode != 0 and "was trained with another tokenizer" in result.stderr
 
 
 def test_pretrain_ctrl_c_saves_a_checkpoint_exits_cleanly_and_the_resume_misses_no_evaluation(tmp_path):
@@ -1174,6 +1223,9 @@ def test_pretrain_under_torchrun_keeps_ranks_identical_and_resumes_bit_identical
         assert set(digests) == {"0", "1"} and digests["0"] == digests["1"]  # the ranks agree
         return digests["0"]
     uninterrupted = torchrun("a")
+    rank_rngs = load_checkpoint(tmp_path / "a" / "out" / "ckpt.pt")["rank_rngs"]
+    for stream in ("torch", "data"):  # each rank draws its own dropout masks and data windows
+        assert not torch.equal(rank_rngs[0][stream], rank_rngs[1][stream])
     torchrun("b", max_iters=3)
     assert torchrun("b", init_from="resume") == uninterrupted  # each rank resumed its own dropout and data streams
 
@@ -1202,6 +1254,25 @@ def test_pretrain_under_torchrun_an_error_ends_each_rank_with_its_sentence_not_a
     exit_codes = [line.split(":")[1].split()[0] for line in result.stderr.splitlines() if line.strip().startswith("exitcode")]
     # torchrun's summary of the failed ranks: status 1, or -15 for a rank it stopped after the first; never -6 (SIGABRT)
     assert "1" in exit_codes and set(exit_codes) <= {"1", "-15"}
+
+
+def test_pretrain_corpus_separator_is_the_end_token_and_nothing_else_is(tmp_path):
+    corpus = tmp_path / "corpus.txt"
+    make_corpus(corpus, n_words=3000)
+    documents = corpus.read_text(encoding="utf-8").split("\n")
+    corpus.write_text("<|endoftext|>".join(documents), encoding="utf-8")
+    run_script("pretrain.py", tiny_args(tmp_path, corpus, max_iters=0))
+    tokenizer = Tokenizer.load(next((tmp_path / "cache").glob("*.json")))  # no step taken, so no out_dir copy
+    ids = np.fromfile(next((tmp_path / "cache").glob("*.uint16")), dtype="<u2")
+    special_ids = set(tokenizer.special_tokens.values())
+    assert [i for i in ids.tolist() if i in special_ids] == [tokenizer.special_tokens["<|endoftext|>"]] * (len(documents) - 1)
+
+
+def test_finetune_special_token_text_in_a_prompt_or_response_stays_plain_text(ft_tokenizer):
+    example = finetune.encode_row(ft_tokenizer, "say <|endoftext|> <|rating_5|>", "<|response|> hi", 1, condition=True)
+    special_ids = set(ft_tokenizer.special_tokens.values())
+    assert not special_ids & set(example.prompt_ids) and not special_ids & set(example.reply[1:-1])
+    assert example.prefix == [ft_tokenizer.special_tokens[t] for t in ("<|rating_1|>", "<|prompt|>")]
 
 
 def test_pretrain_missing_data_file_is_one_clear_sentence(tmp_path):
@@ -1614,6 +1685,8 @@ def test_finetune_resume_refuses_settings_or_data_that_would_change_the_held_out
     run_finetune(ft_args(tmp_path, "a", max_iters=4))
     result = run_finetune(ft_args(tmp_path, "a", init_from="resume", seed=2), check=False)
     assert result.returncode != 0 and "was trained with seed=1337, not 2" in result.stderr
+    result = run_finetune(ft_args(tmp_path, "a", init_from="resume", val_fraction=0.5), check=False)
+    assert result.returncode != 0 and "was trained with val_fraction=0.2, not 0.5" in result.stderr
     write_csv(tmp_path / "d.csv", ft_rows()[:-1])
     result = run_finetune(ft_args(tmp_path, "a", init_from="resume"), check=False)
     assert result.returncode != 0 and "d.csv has changed since" in result.stderr and "Traceback" not in result.stderr
@@ -1639,13 +1712,28 @@ def test_finetune_ctrl_c_saves_exits_cleanly_and_the_resume_misses_no_evaluation
         assert [int(row["iter"]) for row in csv.DictReader(f)] == list(range(stopped + 3))  # each step, once
 
 
+def test_finetune_weight_and_condition_modes_learn_from_the_ratings(tmp_path, ft_tokenizer):
+    """Changing only the ratings of the 1-rated rows (to 2) changes what weight and condition modes learn."""
+    pretrained_run(tmp_path / "out", ft_tokenizer)
+    write_csv(tmp_path / "d.csv", ft_rows())
+    write_csv(tmp_path / "d2.csv", [(prompt, response, 2 if rating == 1 else rating) for prompt, response, rating in ft_rows()])
+    modes = ("weight", "condition")
+    run_script_many_times("finetune.py", [ft_args(tmp_path, f"{mode}-{data}", rating_mode=mode, max_iters=4, eval_interval=4,
+                                                  data_path=tmp_path / f"{data}.csv")
+                                          for mode in modes for data in ("d", "d2")])
+    for mode in modes:
+        before, after = (load_checkpoint(tmp_path / f"{mode}-{data}" / "ckpt.pt")["model"] for data in ("d", "d2"))
+        assert any(not torch.equal(before[k], after[k]) for k in before), f"{mode} ignored the ratings"
+
+
 def test_finetune_every_training_setting_changes_the_trained_weights(tmp_path, ft_tokenizer):
     """As for pretrain.py: each setting alone changes the weights after 4 steps; a control run repeats its base."""
     pretrained_run(tmp_path / "out", ft_tokenizer)
     write_csv(tmp_path / "d.csv", ft_rows())
     variants = {"filter": {"learning_rate": 1e-3, "min_lr_ratio": 0.5, "warmup_iters": 1, "lr_decay_iters": 3,
                            "weight_decay": 0.5, "beta2": 0.5, "grad_clip": 0.01, "batch_size": 3, "dropout": 0.1,
-                           "seed": 1, "min_rating": 3, "val_fraction": 0.4, "control": None},
+                           "seed": 1, "min_rating": 3, "val_fraction": 0.4, "beta1": 0.5, "n_epochs": 0.25,
+                           "dtype": "bfloat16", "control": None},
                 "kto": {"kto_beta": 1.0, "kto_lambda_desirable": 2.0, "kto_lambda_undesirable": 2.0, "control": None}}
 
     def args(mode, name, value=None):
