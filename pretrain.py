@@ -170,7 +170,8 @@ def get_batch(split, generator):
     """Sample batch_size random windows: x (B, T) and y (B, T), y shifted by one token."""
     ids = np.memmap(ids_path, dtype=ids_dtype, mode="r")  # reopened per batch so its pages are not held
     start, end = (0, n_train_tokens) if split == "train" else (n_train_tokens, len(ids))
-    offsets = torch.randint(start, end - max_seq_len - 1, (batch_size,), generator=generator)
+    # windows of max_seq_len + 1 tokens; the last possible one ends with the split's last token
+    offsets = torch.randint(start, end - max_seq_len, (batch_size,), generator=generator)
     windows = torch.from_numpy(ids[offsets.numpy()[:, None] + np.arange(max_seq_len + 1)].astype(np.int64))
     x, y = windows[:, :-1].contiguous(), windows[:, 1:].contiguous()
     if run_device.startswith("cuda"):
@@ -319,7 +320,7 @@ if __name__ == "__main__":
         dist.barrier()
     n_tokens = len(np.memmap(ids_path, dtype=ids_dtype, mode="r"))
     n_train_tokens = int(n_tokens * (1 - val_fraction))
-    if min(n_train_tokens, n_tokens - n_train_tokens) <= max_seq_len + 1:
+    if min(n_train_tokens, n_tokens - n_train_tokens) < max_seq_len + 1:  # one window of max_seq_len + 1 each
         raise SystemExit(f"{data_path} gives {n_tokens:,} tokens, too few for a train and validation split of "
                          f"windows of max_seq_len={max_seq_len}; use a larger file or a smaller max_seq_len")
     # bits per byte = nats per token * tokens per byte / ln 2, with the bytes of the validation text itself
