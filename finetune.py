@@ -378,6 +378,8 @@ def write_checkpoint():
     if rating_mode == "kto":  # the frozen reference travels with the run, so a resume needs nothing else
         checkpoint["reference_model"] = reference.state_dict()
     save_checkpoint(checkpoint, os.path.join(out_dir, "ckpt.pt"))
+    global last_saved_iter
+    last_saved_iter = iter_num  # named if the loss later turns non-finite
 
 
 def stop_on_non_finite(what, value):
@@ -571,14 +573,12 @@ if __name__ == "__main__":
                     best_val_loss = min(best_val_loss, metrics["loss_r5"])
                 if iter_num > start_iter:
                     write_checkpoint()
-                    last_saved_iter = iter_num
             last_eval_iter = iter_num
         if iter_num >= total_iters:
             break
         if stop_requested:  # after the evaluation due at this step, so that a resume never misses one
             if iter_num > start_iter and last_saved_iter != iter_num:
                 write_checkpoint()
-                last_saved_iter = iter_num
             progress.write(f"interrupted at iteration {iter_num}; " + (
                 f"{checkpoint_path} holds it: continue with --init_from=resume" if last_saved_iter == iter_num
                 else "nothing was saved"))
