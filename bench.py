@@ -467,6 +467,9 @@ if __name__ == "__main__":
     opts = dict(a[2:].split("=", 1) for a in sys.argv[1:] if a.startswith("--") and "=" in a)
     if not names or any(n not in SECTIONS for n in names):
         sys.exit(f"usage: python bench.py {{{','.join(SECTIONS)}}} [--name=value ...] (see the top of bench.py)")
+    data = opts.get("data", DATA)
+    if {"tokenizer", "quality"} & set(names) and not os.path.isfile(data):
+        sys.exit(f"no text file at {data}; put tinyshakespeare.txt there or pass --data=PATH")
     keep_freed_memory()  # as pretrain.py does on CPU, for every section alike
     for name in names:
         SECTIONS[name](**opts)
