@@ -114,11 +114,12 @@ def fetch_corpus(path):
         if not os.path.exists(local):
             os.makedirs(cache_dir, exist_ok=True)
             print(f"downloading {path} to {local}")
+            tmp = f"{local}.tmp{os.getpid()}"  # per process, as for the other files in cache_dir
             try:
-                urllib.request.urlretrieve(path, f"{local}.tmp{os.getpid()}")
+                urllib.request.urlretrieve(path, tmp)
             except OSError as e:
                 raise SystemExit(f"could not download data_path {path} ({e}); download it yourself and give the file")
-            os.replace(f"{local}.tmp{os.getpid()}", local)
+            os.replace(tmp, local)
         path = local
     elif os.path.isdir(path):
         raise SystemExit(f"data_path {path} is a directory; give a UTF-8 text file or an http(s) URL")
@@ -277,8 +278,8 @@ if __name__ == "__main__":
         raise SystemExit(f"learning_rate and weight_decay must be >= 0 and beta1 and beta2 in [0, 1); got "
                          f"{learning_rate}, {weight_decay}, {beta1} and {beta2}")
     try:  # the model's settings, before any slow work (the model itself takes the tokenizer's vocab_size)
-        GPTConfig(vocab_size=vocab_size, d_model=d_model, n_heads=n_heads, n_layers=n_layers, d_ff=d_ff,
-                  max_seq_len=max_seq_len, dropout=dropout, bias=bias)
+        model_config = GPTConfig(vocab_size=vocab_size, d_model=d_model, n_heads=n_heads, n_layers=n_layers, d_ff=d_ff,
+                                 max_seq_len=max_seq_len, dropout=dropout, bias=bias)
     except ValueError as e:
         raise SystemExit(str(e))
 
@@ -337,8 +338,7 @@ if __name__ == "__main__":
                   f"(--n_epochs=0 trains for max_iters)")
         max_iters = epoch_iters
 
-    model_config = GPTConfig(vocab_size=tokenizer.vocab_size, d_model=d_model, n_heads=n_heads, n_layers=n_layers,
-                             d_ff=d_ff, max_seq_len=max_seq_len, dropout=dropout, bias=bias)
+    model_config = dataclasses.replace(model_config, vocab_size=tokenizer.vocab_size)
     model = GPT(model_config).to(run_device)
     optimizer = model.configure_optimizer(weight_decay, learning_rate, (beta1, beta2), device_type)
     if world_size > 1:
