@@ -4,6 +4,7 @@ bench.py: speed, memory and quality measurements, one section per command-line a
     python bench.py tokenizer [--data=PATH] [--runs=5]   # bpe.py: training, encoding, decoding, memory
     python bench.py train                                  # training tokens/s and MFU against the measured peak
     python bench.py nanogpt [--path=../nanoGPT]            # our training step against nanoGPT's (clone it first)
+    python bench.py bf16                                   # float32 against bfloat16 autocast on CPU
     python bench.py allocator [--runs=3] [--iters=500]     # what keep_freed_memory saves in pretrain.py
     python bench.py sample                                 # generation with and without the KV cache
     python bench.py memory                                 # peak resident memory of training and sampling
@@ -25,10 +26,11 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import nullcontext
 
 import torch
 
-from model import GPT, GPTConfig, keep_freed_memory, measure_peak_flops
+from model import GPT, GPTConfig, keep_freed_memory, measure_peak_flops, pick_dtype
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DATA = os.path.join(HERE, "..", "shared", "data", "tinyshakespeare.txt")
@@ -217,11 +219,12 @@ def quiet_timing(fn, max_others=0.05, tries=20):
         time.sleep(1.0)
 
 
-def training_step(model, optimizer, x, y):
-    """A full training step on fixed tokens, for any model whose forward returns (logits, loss): forward,
-    backward, clip, AdamW step, zero_grad."""
+def training_step(model, optimizer, x, y, autocast=nullcontext()):
+    """A full training step on fixed tokens, for any model whose forward returns (logits, loss): forward
+    (under autocast, as pretrain.py does), backward, clip, AdamW step, zero_grad."""
     def step():
-        _, loss = model(x, y)
+        with autocast:
+            _, loss = model(x, y)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
@@ -229,14 +232,14 @@ def training_step(model, optimizer, x, y):
     return step
 
 
-def train_step_fn(config, batch_size):
+def train_step_fn(config, batch_size, autocast=nullcontext()):
     """Our model at config, its AdamW and a training step on random tokens."""
     torch.manual_seed(0)
     model = GPT(GPTConfig(**config)).train()
     optimizer = model.configure_optimizer(0.1, 1e-3, (0.9, 0.95), "cpu")
     x = torch.randint(0, config["vocab_size"], (batch_size, config["max_seq_len"]))
     y = torch.randint(0, config["vocab_size"], (batch_size, config["max_seq_len"]))
-    return model, training_step(model, optimizer, x, y)
+    return model, training_step(model, optimizer, x, y, autocast)
 
 
 def bench_train(repeats=5):
@@ -280,6 +283,7 @@ def bench_nanogpt(path=os.path.join(HERE, "..", "nanoGPT"), repeats=15):
     nanogpt = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(nanogpt)
     _, ours_step = train_step_fn({**SMALL, "bias": False}, 12)
+    _, ours_bf16_step = train_step_fn({**SMALL, "bias": False}, 12, torch.autocast("cpu", torch.bfloat16))
     torch.manual_seed(0)
     theirs = nanogpt.GPT(nanogpt.GPTConfig(block_size=64, vocab_size=65, n_layer=4, n_head=4, n_embd=128, dropout=0.0,
                                            bias=False)).train()
@@ -289,7 +293,9 @@ def bench_nanogpt(path=os.path.join(HERE, "..", "nanoGPT"), repeats=15):
                                    {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}],
                                   lr=1e-3, betas=(0.9, 0.95), fused=True)
     x, y = torch.randint(0, 65, (12, 64)), torch.randint(0, 65, (12, 64))
-    steps = {"this project's model.py": ours_step, "nanoGPT's model.py": training_step(theirs, optimizer, x, y)}
+    steps = {"this project's model.py": ours_step,
+             f"the same, bfloat16 autocast (dtype='auto' picks {pick_dtype('auto', 'cpu')} here)": ours_bf16_step,
+             "nanoGPT's model.py": training_step(theirs, optimizer, x, y)}
     times = {name: [] for name in steps}
     for step in steps.values():
         for _ in range(10):
@@ -302,9 +308,44 @@ def bench_nanogpt(path=os.path.join(HERE, "..", "nanoGPT"), repeats=15):
     rows = [("model", "ms/iter", "speed against nanoGPT")]
     baseline = ms["nanoGPT's model.py"]
     rows += [(name, f"{ms[name]:.1f}", f"{baseline / ms[name]:.2f}x") for name in steps]
-    print_table(f"one training step at nanoGPT's CPU shape (4/4/128/512, 12 x 64, fp32, {torch.get_num_threads()} "
+    print_table(f"one training step at nanoGPT's CPU shape (4/4/128/512, 12 x 64, {torch.get_num_threads()} "
                 f"threads), medians of {repeats} interleaved repeats of 20 steps", rows)
 
+
+
+def bench_bf16(repeats=7):
+    """float32 against bfloat16 autocast on CPU, interleaved so that both see the same machine: the matmul peak
+    in each dtype, and a training step at nanoGPT's CPU shape, config/small.py's and the wider one. bfloat16 pays
+    only where the CPU multiplies it natively (AVX512-BF16 or AMX); elsewhere it is emulated, and slower."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next(line for line in f if line.startswith("flags")).split()
+        native = ", ".join(f for f in ("avx512_bf16", "amx_bf16") if f in flags) or "neither avx512_bf16 nor amx_bf16"
+    except (OSError, StopIteration):
+        native = "unknown (no /proc/cpuinfo)"
+    dtypes = {"float32": (torch.float32, nullcontext()), "bfloat16": (torch.bfloat16, torch.autocast("cpu", torch.bfloat16))}
+    peaks = {name: [] for name in dtypes}
+    for _ in range(int(repeats)):
+        for name, (dtype, _) in dtypes.items():
+            peaks[name].append(quiet_timing(lambda: measure_peak_flops("cpu", dtype))[1] / 1e9)
+    rows = [("measure", "float32", "bfloat16 autocast", "float32 time / bfloat16 time"),
+            ("matmul peak, GFLOP/s", *(f"{statistics.median(peaks[n]):.0f}" for n in dtypes),
+             f"{statistics.median(peaks['bfloat16']) / statistics.median(peaks['float32']):.2f}")]
+    for name, config, batch_size, steps in [("nanoGPT CPU shape, ms/step", {**SMALL, "bias": False}, 12, 10),
+                                            ("config/small.py, ms/step", CONFIG_SMALL, _small["batch_size"], 5),
+                                            ("wider, ms/step", {**WIDER, "bias": False}, 8, 1)]:
+        step_fns = {n: train_step_fn(config, batch_size, autocast)[1] for n, (_, autocast) in dtypes.items()}
+        times = {n: [] for n in dtypes}
+        for step in step_fns.values():
+            for _ in range(3):
+                step()  # warm-up
+        for _ in range(int(repeats)):
+            for n, step in step_fns.items():
+                times[n].append(quiet_timing(lambda: [step() for _ in range(steps)])[0] / steps * 1e3)
+        ms = {n: statistics.median(t) for n, t in times.items()}
+        rows.append((name, f"{ms['float32']:.1f}", f"{ms['bfloat16']:.1f}", f"{ms['float32'] / ms['bfloat16']:.2f}"))
+    print_table(f"float32 against bfloat16 autocast on CPU ({torch.get_num_threads()} threads; native bfloat16: "
+                f"{native}), medians of {repeats} interleaved repeats", rows)
 
 # pretrain.py as a user runs it, but with keep_freed_memory replaced by a no-op that leaves glibc's default
 UNKEPT_PRETRAIN = """
@@ -459,8 +500,8 @@ def bench_finetune(modes="weight,filter,condition,kto", seeds="1337,1,2", pretra
                 f"the end", rows)
 
 
-SECTIONS = {"tokenizer": bench_tokenizer, "train": bench_train, "nanogpt": bench_nanogpt, "allocator": bench_allocator,
-            "sample": bench_sample, "memory": bench_memory, "quality": bench_quality, "finetune": bench_finetune}
+SECTIONS = {"tokenizer": bench_tokenizer, "train": bench_train, "nanogpt": bench_nanogpt, "bf16": bench_bf16,
+            "allocator": bench_allocator, "sample": bench_sample, "memory": bench_memory, "quality": bench_quality, "finetune": bench_finetune}
 
 if __name__ == "__main__":
     names = [a for a in sys.argv[1:] if not a.startswith("--")]

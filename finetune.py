@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 from bpe import Tokenizer
 from configurator import configure
-from model import GPT, GPTConfig, keep_freed_memory, load_checkpoint, pick_device, save_checkpoint
+from model import GPT, GPTConfig, keep_freed_memory, load_checkpoint, pick_device, pick_dtype, save_checkpoint
 
 # -----------------------------------------------------------------------------
 # settings: override with config files (config/*.py, the finetuning section of a config.json) and --name=value
@@ -67,7 +67,7 @@ grad_clip = 1.0  # 0 turns clipping off
 dropout = 0.0  # replaces the pretrained run's dropout
 # system
 device = "auto"  # 'auto' picks cuda, then mps, then cpu
-dtype = "float32"  # or 'bfloat16' (autocast)
+dtype = "auto"  # 'bfloat16' (autocast) where the device multiplies it natively, else 'float32'; or either by name
 compile = False  # torch.compile the model (batches are then padded to max_seq_len to keep one shape)
 seed = 1337
 # -----------------------------------------------------------------------------
@@ -418,8 +418,8 @@ if __name__ == "__main__":
             raise SystemExit(f"{name} must be at least 1, not {globals()[name]}")
     if max_iters < 0 or n_epochs < 0:
         raise SystemExit(f"max_iters and n_epochs must not be negative (got {max_iters} and {n_epochs})")
-    if dtype not in ("float32", "bfloat16"):
-        raise SystemExit(f"dtype must be 'float32' or 'bfloat16', not '{dtype}'")
+    if dtype not in ("auto", "float32", "bfloat16"):
+        raise SystemExit(f"dtype must be 'auto', 'float32' or 'bfloat16', not '{dtype}'")
     if not 0 <= dropout < 1:
         raise SystemExit(f"dropout must be in [0, 1), not {dropout}")
     if learning_rate < 0 or weight_decay < 0 or not (0 <= beta1 < 1 and 0 <= beta2 < 1):
@@ -432,7 +432,8 @@ if __name__ == "__main__":
     device_type = run_device.split(":")[0]
     if device_type == "cpu":
         keep_freed_memory()  # Linux: each step reuses the memory the last one freed, not fresh pages (model.py)
-    autocast = torch.autocast(device_type, dtype=torch.bfloat16) if dtype == "bfloat16" else nullcontext()
+    run_dtype = pick_dtype(dtype, run_device)
+    autocast = torch.autocast(device_type, dtype=torch.bfloat16) if run_dtype == "bfloat16" else nullcontext()
     torch.manual_seed(seed)
     checkpoint_path = os.path.join(out_dir, "ckpt.pt")
 
@@ -505,7 +506,7 @@ if __name__ == "__main__":
     ratings = {r: sum(e.rating == r for e in train_examples) for r in range(1, 6)}
     print(f"{len(df)} rows, {df['prompt'].nunique()} prompts: {len(train_examples)} rows for training (ratings "
           f"{ratings}), {len(val_examples)} rows of {val_df['prompt'].nunique()} prompts held out; "
-          f"rating_mode={rating_mode}")
+          f"rating_mode={rating_mode}, {run_device}, {run_dtype}")
 
     # model, optimizer, and in kto mode the frozen reference
     model = GPT(model_config).to(run_device)

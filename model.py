@@ -1,8 +1,8 @@
 """
 A GPT language model, all of it in this one file, meant to be read from top to bottom:
 GPTConfig -> TokenEmbedding -> SinusoidalPositions -> LayerNorm -> CausalSelfAttention -> MLP -> Block -> GPT,
-then sampling, checkpoints, a peak-FLOPs probe and an allocator setting for CPU training. It imports only
-torch and the standard library.
+then sampling, checkpoints, the device and dtype to train in, a peak-FLOPs probe and an allocator setting for
+CPU training. It imports only torch and the standard library.
 
 Shapes in comments: B batch, T sequence length, C = d_model, H heads, D = C // H head size, V vocabulary.
 """
@@ -158,8 +158,15 @@ class CausalSelfAttention(nn.Module):
             # is_causal assumes T_q == T_k (its triangle starts at the top left), so a cache needs the shifted mask;
             # a single new query may look at every cached key, so it needs none
             mask = None if T in (1, T_k) else causal_mask(T, T_k, x.device)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and T > 1,
-                                               dropout_p=self.dropout if self.training else 0.0)
+            args = dict(attn_mask=mask, is_causal=mask is None and T > 1,
+                        dropout_p=self.dropout if self.training else 0.0)
+            if q.dtype == torch.bfloat16 and q.device.type == "cpu":
+                # torch's CPU attention kernel is about 3x slower in bfloat16 than in float32 (its backward above all:
+                # README, Benchmarks), so it runs in float32, with autocast off, which would cast it back
+                with torch.autocast("cpu", enabled=False):
+                    y = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), **args).bfloat16()
+            else:
+                y = F.scaled_dot_product_attention(q, k, v, **args)
         else:
             att = (q @ k.transpose(-2, -1)) / math.sqrt(k.size(-1))             # (B, H, T, T_k) similarities
             att = att.masked_fill(~causal_mask(T, T_k, x.device), float("-inf"))  # no looking ahead
@@ -409,6 +416,20 @@ def measure_peak_flops(device="cpu", dtype=torch.float32):
             sync()  # GPU work is asynchronous: wait for it before reading the clock
         times.append(time.perf_counter() - t0)
     return 2 * n ** 3 / sorted(times[1:])[2]
+
+
+def pick_dtype(name, device):
+    """'auto' picks bfloat16 where the device multiplies it natively, float32 elsewhere: a CUDA GPU that supports
+    it, or a CPU with AVX512-BF16 or AMX, where bfloat16 matmuls run 2-3x as fast as float32's (without them, about
+    half as fast: README, Benchmarks). Any other name is returned as it is."""
+    if name != "auto":
+        return name
+    kind = torch.device(device).type
+    if kind == "cuda":
+        return "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
+    # torch.cpu asks the processor itself; these helpers are private, hence getattr (a test checks them on Linux)
+    checks = [getattr(torch.cpu, f, lambda: False) for f in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    return "bfloat16" if kind == "cpu" and any(check() for check in checks) else "float32"
 
 
 def keep_freed_memory():

@@ -30,7 +30,8 @@ from tqdm import tqdm
 
 from bpe import Tokenizer
 from configurator import configure
-from model import GPT, GPTConfig, keep_freed_memory, load_checkpoint, measure_peak_flops, pick_device, save_checkpoint
+from model import (GPT, GPTConfig, keep_freed_memory, load_checkpoint, measure_peak_flops, pick_device, pick_dtype,
+                   save_checkpoint)
 
 # -----------------------------------------------------------------------------
 # settings: override with config files (config/*.py, config.json) and --name=value
@@ -66,7 +67,7 @@ beta2 = 0.95  # measured better than 0.99 for these short runs (README: why the 
 grad_clip = 1.0  # 0 turns clipping off
 # system
 device = "auto"  # 'auto' picks cuda, then mps, then cpu
-dtype = "float32"  # or 'bfloat16' (autocast)
+dtype = "auto"  # 'bfloat16' (autocast) where the device multiplies it natively, else 'float32'; or either by name
 compile = False  # torch.compile the model
 seed = 1337
 # -----------------------------------------------------------------------------
@@ -263,8 +264,8 @@ if __name__ == "__main__":
     settings = configure(globals(), json_sections=("model", "training"))
     if init_from not in ("scratch", "resume"):
         raise SystemExit(f"init_from must be 'scratch' or 'resume', not '{init_from}'")
-    if dtype not in ("float32", "bfloat16"):
-        raise SystemExit(f"dtype must be 'float32' or 'bfloat16', not '{dtype}'")
+    if dtype not in ("auto", "float32", "bfloat16"):
+        raise SystemExit(f"dtype must be 'auto', 'float32' or 'bfloat16', not '{dtype}'")
     if vocab_size < 256 + len(SPECIAL_TOKENS):
         raise SystemExit(f"vocab_size must be at least {256 + len(SPECIAL_TOKENS)} (256 bytes + special tokens)")
     for name in ("batch_size", "grad_accum_steps", "eval_interval", "eval_iters"):
@@ -302,8 +303,9 @@ if __name__ == "__main__":
     device_type = run_device.split(":")[0]
     if device_type == "cpu":
         keep_freed_memory()  # Linux: each step reuses the memory the last one freed, not fresh pages (model.py)
-    autocast = torch.autocast(device_type, dtype=torch.bfloat16) if dtype == "bfloat16" else nullcontext()
-    peak_flops = measure_peak_flops(run_device, torch.bfloat16 if dtype == "bfloat16" else torch.float32)
+    run_dtype = pick_dtype(dtype, run_device)
+    autocast = torch.autocast(device_type, dtype=torch.bfloat16) if run_dtype == "bfloat16" else nullcontext()
+    peak_flops = measure_peak_flops(run_device, getattr(torch, run_dtype))
     torch.manual_seed(seed)  # the same initial weights on every rank
     if device_type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -412,7 +414,7 @@ if __name__ == "__main__":
     if master:
         print(f"{raw_model.num_params() / 1e6:.2f}M parameters, {n_tokens:,} tokens "
               f"({n_train_tokens:,} for training), {tokens_per_iter:,} tokens per iteration, "
-              f"{max_iters} iterations on {run_device} x {world_size}")
+              f"{max_iters} iterations on {run_device} x {world_size}, {run_dtype}")
     progress = tqdm(total=max_iters, initial=iter_num, disable=not master, dynamic_ncols=True)
     run_start, last_eval_iter = time.time(), None
     step_time, tokens_per_sec, mfu = 0.0, 0.0, 0.0

@@ -31,9 +31,10 @@ from bpe import Tokenizer
 from configurator import configure
 import finetune
 from model import (GPT, GPTConfig, KVCache, LayerNorm, SinusoidalPositions, keep_freed_memory, load_checkpoint,
-                   measure_peak_flops, pick_device, sample_next_token, save_checkpoint)
+                   measure_peak_flops, pick_device, pick_dtype, sample_next_token, save_checkpoint)
 
 REPO = os.path.dirname(os.path.abspath(__file__))
+NOT_AUTO_DTYPE = "float32" if pick_dtype("auto", "cpu") == "bfloat16" else "bfloat16"  # a dtype that is not the default here
 SPECIAL_TOKENS = ["<|endoftext|>", "<|prompt|>", "<|response|>"] + [f"<|rating_{r}|>" for r in range(1, 6)]  # as pretrain.py trains them
 
 
@@ -614,6 +615,29 @@ def test_attention_paths_agree_in_training_gradients():
         assert torch.allclose(p.grad, q.grad, atol=1e-5), name
 
 
+def test_attention_paths_agree_in_bfloat16_on_cpu():
+    # on CPU the fused path runs attention in float32 even under bfloat16 (it is faster there): under autocast, and
+    # in a model cast to bfloat16 outright, it must still match the math path and hand bfloat16 on
+    fast = tiny_model(attention="sdpa")
+    slow = twin_with_attention(fast, "math")
+    idx = torch.randint(0, 50, (3, 16))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        a, b = fast(idx)[0], slow(idx)[0]
+    assert a.dtype == torch.bfloat16 and torch.allclose(a.float(), b.float(), atol=1e-2, rtol=0)
+    a, b = fast.to(torch.bfloat16)(idx)[0], slow.to(torch.bfloat16)(idx)[0]
+    assert a.dtype == torch.bfloat16 and torch.allclose(a.float(), b.float(), atol=1e-2, rtol=0)
+
+
+def test_causal_mask_holds_under_bfloat16_autocast():
+    model = tiny_model()
+    idx = torch.randint(0, 50, (2, 16))
+    changed = idx.clone()
+    changed[:, 6:] = torch.randint(0, 50, (2, 10))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        a, b = model(idx)[0], model(changed)[0]
+    assert torch.equal(a[:, :6], b[:, :6])
+    assert not torch.equal(a[:, 6:], b[:, 6:])
+
 def test_model_weight_tying_survives_training():
     model = tiny_model().train()
     assert model.lm_head.weight is model.tok_emb.weight
@@ -689,6 +713,17 @@ def test_pick_device_refuses_unknown_and_unavailable_devices():
     with pytest.raises(ValueError, match="device 'cuda:99' is not available on this machine"):
         pick_device("cuda:99")
 
+
+def test_pick_dtype_auto_is_bfloat16_only_where_the_cpu_multiplies_it_natively():
+    assert pick_dtype("float32", "cpu") == "float32" and pick_dtype("bfloat16", "cpu") == "bfloat16"
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next(line for line in f if line.startswith("flags")).split()
+    except (OSError, StopIteration):  # not Linux: only the choice itself can be checked
+        assert pick_dtype("auto", "cpu") in ("float32", "bfloat16")
+        return
+    native = "avx512_bf16" in flags or "amx_bf16" in flags
+    assert pick_dtype("auto", "cpu") == ("bfloat16" if native else "float32")
 
 def test_keep_freed_memory_keeps_large_freed_blocks_resident():
     if platform.libc_ver()[0] != "glibc" or sys.maxsize < 2**32:
@@ -1157,7 +1192,7 @@ def test_pretrain_every_training_setting_changes_the_trained_weights(tmp_path):
     variants = {"learning_rate": 1e-3, "min_lr_ratio": 0.5, "warmup_iters": 1, "lr_decay_iters": 3,
                 "weight_decay": 0.5, "beta1": 0.5, "beta2": 0.5, "grad_clip": 0.01, "grad_accum_steps": 2,
                 "batch_size": 4, "dropout": 0.1, "seed": 1, "max_seq_len": 16, "val_fraction": 0.3,
-                "dtype": "bfloat16", "bias": False, "n_epochs": 0.01, "control": None}
+                "dtype": NOT_AUTO_DTYPE, "bias": False, "n_epochs": 0.01, "control": None}
 
     def args(name, value=None):
         overrides = dict(max_iters=4, eval_interval=4, eval_iters=1, warmup_iters=2, cache_dir=tmp_path / "cache")
@@ -1733,7 +1768,7 @@ def test_finetune_every_training_setting_changes_the_trained_weights(tmp_path, f
     variants = {"filter": {"learning_rate": 1e-3, "min_lr_ratio": 0.5, "warmup_iters": 1, "lr_decay_iters": 3,
                            "weight_decay": 0.5, "beta2": 0.5, "grad_clip": 0.01, "batch_size": 3, "dropout": 0.1,
                            "seed": 1, "min_rating": 3, "val_fraction": 0.4, "beta1": 0.5, "n_epochs": 0.25,
-                           "dtype": "bfloat16", "control": None},
+                           "dtype": NOT_AUTO_DTYPE, "control": None},
                 "kto": {"kto_beta": 1.0, "kto_lambda_desirable": 2.0, "kto_lambda_undesirable": 2.0, "control": None}}
 
     def args(mode, name, value=None):
