@@ -312,7 +312,6 @@ def bench_nanogpt(path=os.path.join(HERE, "..", "nanoGPT"), repeats=15):
                 f"threads), medians of {repeats} interleaved repeats of 20 steps", rows)
 
 
-
 def bench_bf16(repeats=7):
     """float32 against bfloat16 autocast on CPU, interleaved so that both see the same machine: the matmul peak
     in each dtype, and a training step at nanoGPT's CPU shape, config/small.py's and the wider one. bfloat16 pays
@@ -323,7 +322,8 @@ def bench_bf16(repeats=7):
         native = ", ".join(f for f in ("avx512_bf16", "amx_bf16") if f in flags) or "neither avx512_bf16 nor amx_bf16"
     except (OSError, StopIteration):
         native = "unknown (no /proc/cpuinfo)"
-    dtypes = {"float32": (torch.float32, nullcontext()), "bfloat16": (torch.bfloat16, torch.autocast("cpu", torch.bfloat16))}
+    dtypes = {"float32": (torch.float32, nullcontext()),
+              "bfloat16": (torch.bfloat16, torch.autocast("cpu", torch.bfloat16))}
     peaks = {name: [] for name in dtypes}
     for _ in range(int(repeats)):
         for name, (dtype, _) in dtypes.items():
@@ -346,6 +346,7 @@ def bench_bf16(repeats=7):
         rows.append((name, f"{ms['float32']:.1f}", f"{ms['bfloat16']:.1f}", f"{ms['float32'] / ms['bfloat16']:.2f}"))
     print_table(f"float32 against bfloat16 autocast on CPU ({torch.get_num_threads()} threads; native bfloat16: "
                 f"{native}), medians of {repeats} interleaved repeats", rows)
+
 
 # pretrain.py as a user runs it, but with keep_freed_memory replaced by a no-op that leaves glibc's default
 UNKEPT_PRETRAIN = """
@@ -418,12 +419,15 @@ import sys, torch
 from model import GPT, GPTConfig, keep_freed_memory
 config = GPTConfig(vocab_size=65, d_model=128, n_heads=4, n_layers=4, d_ff=512, max_seq_len=64, dropout=0.0)
 model = GPT(config)
-if sys.argv[1] == "train":
+if sys.argv[1].startswith("train"):
     keep_freed_memory()  # as pretrain.py does on CPU
     optimizer = model.configure_optimizer(0.1, 1e-3, (0.9, 0.95), "cpu")
+    autocast = torch.autocast("cpu", torch.bfloat16, enabled=sys.argv[1] == "train-bf16")
     for _ in range(20):
         x, y = torch.randint(0, 65, (12, 64)), torch.randint(0, 65, (12, 64))
-        model(x, y)[1].backward()
+        with autocast:
+            loss = model(x, y)[1]
+        loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -439,7 +443,7 @@ def bench_memory():
     print("| process                                      | peak RSS |")
     print("|----------------------------------------------|----------|")
     for what, label in (("import", "python + import torch + model only"), ("train", "train: 20 steps, batch 12 x 64"),
-                        ("sample", "sample: 500 tokens, KV cache")):
+                        ("train-bf16", "the same under bfloat16 autocast"), ("sample", "sample: 500 tokens, KV cache")):
         out = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT, what], cwd=here, capture_output=True, text=True,
                              check=True).stdout
         print(f"| {label:<44} | {int(out.split()[-1]) / 1024:4.0f} MiB |")
@@ -501,7 +505,8 @@ def bench_finetune(modes="weight,filter,condition,kto", seeds="1337,1,2", pretra
 
 
 SECTIONS = {"tokenizer": bench_tokenizer, "train": bench_train, "nanogpt": bench_nanogpt, "bf16": bench_bf16,
-            "allocator": bench_allocator, "sample": bench_sample, "memory": bench_memory, "quality": bench_quality, "finetune": bench_finetune}
+            "allocator": bench_allocator, "sample": bench_sample, "memory": bench_memory, "quality": bench_quality,
+            "finetune": bench_finetune}
 
 if __name__ == "__main__":
     names = [a for a in sys.argv[1:] if not a.startswith("--")]
