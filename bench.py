@@ -9,7 +9,8 @@ bench.py: speed, memory and quality measurements, one section per command-line a
     python bench.py sample                                 # generation with and without the KV cache
     python bench.py memory                                 # peak resident memory of training and sampling
     python bench.py quality [--seconds=75]                 # bits per byte after a fixed training time
-    python bench.py finetune                               # every rating_mode on the default run
+    python bench.py finetune [--modes=weight,filter,...]   # every rating_mode on the default run; a mode may
+                                                           # carry settings: condition:condition_contrast=0
 
 Times are medians of repeated runs; MB means 10^6 bytes of UTF-8 text. Like pretrain.py on CPU, this process
 keeps freed memory (model.keep_freed_memory); the allocator section compares pretrain.py with and without.
@@ -466,7 +467,8 @@ def bench_finetune(modes="weight,filter,condition,kto", seeds="1337,1,2", pretra
     """Fine-tune the default pretrained run (out/, from config/small.py) in every rating_mode, once per seed (the
     seed also draws the held-out prompts), and report the means over seeds of: the held-out rating-5 response loss
     (pretrained -> fine-tuned), the rating-1 loss (higher: the model is less likely to answer rudely or off-topic),
-    the preference score, and the time. pretrain='auto' runs `python pretrain.py config/small.py` first only if
+    the preference score, and the time. A mode may carry settings after colons (condition:condition_contrast=0).
+    pretrain='auto' runs `python pretrain.py config/small.py` first only if
     out/ckpt.pt is missing; 'always' reruns and times it."""
     seeds = seeds.split(",")
     rows = [("run", "rows learned", "rating-5 loss", "change", "rating-1 loss", "preference score",
@@ -477,12 +479,13 @@ def bench_finetune(modes="weight,filter,condition,kto", seeds="1337,1,2", pretra
     else:
         rows.append(("pretrained: the existing out/ckpt.pt (not timed)", "", "", "", "", "", "", ""))
     mean = statistics.mean
-    for mode in modes.split(","):
+    for run in modes.split(","):
+        mode, *settings = run.split(":")
         runs = []
         for seed in seeds:
             out_dir = f"out-finetune-{mode}"
             wall, cpu, stdout = run_timed(["finetune.py", config, f"--rating_mode={mode}", f"--out_dir={out_dir}",
-                                           f"--seed={seed}"])
+                                           f"--seed={seed}", *[f"--{setting}" for setting in settings]])
             with open(os.path.join(HERE, out_dir, "log.csv")) as f:
                 log = list(csv.DictReader(f))
             learned = next(int(line.split(": ")[1].split()[0]) for line in stdout.splitlines()
@@ -492,7 +495,8 @@ def bench_finetune(modes="weight,filter,condition,kto", seeds="1337,1,2", pretra
         def avg(row, key):
             return mean(float(r[row][key]) for r in runs)
         r5_before, r5_after = avg("first", "val_loss_r5"), avg("last", "val_loss_r5")
-        rows.append((f"finetune.py --rating_mode={mode}", f"{mean(r['learned'] for r in runs):.0f}",
+        name = " ".join(["finetune.py", f"--rating_mode={mode}", *[f"--{setting}" for setting in settings]])
+        rows.append((name, f"{mean(r['learned'] for r in runs):.0f}",
                      f"{r5_before:.2f} -> {r5_after:.2f}", f"{r5_after / r5_before - 1:+.0%}",
                      f"{avg('first', 'val_loss_r1'):.2f} -> {avg('last', 'val_loss_r1'):.2f}",
                      f"{avg('first', 'pref_score'):.3f} -> {avg('last', 'pref_score'):.3f} "

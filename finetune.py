@@ -10,7 +10,8 @@ Each row becomes [<|prompt|>] prompt [<|response|>] response [<|endoftext|>], th
 and only the response and the end token are learned. rating_mode says what the ratings do:
   weight     the loss of each row is scaled by rating/5 (the original project's behaviour)
   filter     only rows rated at least min_rating are learned
-  condition  a token <|rating_k|> goes first, the model learns every row; sampling asks for <|rating_5|>
+  condition  a token <|rating_k|> goes first, the model learns every row, and learns to tell a row's own rating
+             from a contrasting one (5, or 1 for a 5-rated row); sampling asks for <|rating_5|>
   kto        rows rated 4-5 are desirable and 1-2 undesirable (3 is left out), trained with KTO
              (Ethayarajh et al. 2024) against the frozen pretrained model, so bad answers are pushed down
 Prompts are split into training and validation; every evaluation logs the response loss of each rating
@@ -47,6 +48,8 @@ skip_bad_rows = False  # True skips rows with a bad rating or an empty field (an
 # how ratings are used
 rating_mode = "filter"  # 'weight', 'filter', 'condition' or 'kto' (see above)
 min_rating = 4  # filter: the lowest rating that is learned
+condition_contrast = 1.0  # condition: weight of the contrast term (see contrast_loss); 0 turns it off
+condition_beta = 5.0  # condition: how sharply the contrast term saturates in the per-token log-probability gap
 kto_beta = 0.1  # kto: how sharply the value function saturates in the log-probability ratio
 kto_lambda_desirable = 1.0  # kto: weight of desirable rows
 kto_lambda_undesirable = 1.0  # kto: weight of undesirable rows (loss aversion when larger)
@@ -259,6 +262,20 @@ def weighted_loss(logprobs, n_tokens, weights):
     return -(weights * logprobs).sum() / n_tokens.sum().clamp(min=1)
 
 
+def contrast_rating(rating):
+    """The rating token a row is also read under in condition mode: the top one, or for a top-rated row the bottom."""
+    return 5 if rating < 5 else 1
+
+
+def contrast_loss(logprobs, contrast_logprobs, n_tokens, beta):
+    """Condition mode's contrast term, mean over rows of -log sigmoid(beta * gap), where gap is how much likelier per
+    token the response is under its own rating token than under contrast_rating's. Read as a classifier between the
+    two ratings (the gap is its log-odds), the model must tell a row's rating from the answer, at every token: without
+    it, a rude answer learned under <|rating_1|> is as likely under <|rating_5|> once its first token is there."""
+    gap = (logprobs - contrast_logprobs) / n_tokens.clamp(min=1)
+    return F.softplus(-beta * gap).mean()
+
+
 def kto_loss(logprobs, ref_logprobs, kl_logprobs, kl_ref_logprobs, desirable, beta, lambda_d, lambda_u):
     """KTO (Ethayarajh et al. 2024): reward r = log pi(y|x) - log pi_ref(y|x); reference point z0 = KL(pi || pi_ref)
     estimated on mismatched pairs (a prompt with another row's response), clamped at 0 and not differentiated;
@@ -337,12 +354,21 @@ def lr_at(it, total_iters):
 def training_loss(batch):
     """The loss of one batch of Examples under rating_mode, and a dict of things worth logging."""
     pairs = [join(e.prefix, e.prompt_ids, e.reply, max_seq_len)[:2] for e in batch]
+    contrast = rating_mode == "condition" and condition_contrast > 0
+    if contrast:  # the same rows under their contrasting rating token, in the same forward pass
+        pairs += [join([special[rating_token(contrast_rating(e.rating))], *e.prefix[1:]], e.prompt_ids, e.reply,
+                       max_seq_len)[:2] for e in batch]
     x, y = collate(pairs, pad_id, run_device, pad_to)
     with autocast:
         logprobs, n_tokens = sequence_logprobs(model, x, y)
     if rating_mode != "kto":
+        B = len(batch)
         weights = torch.tensor([e.weight for e in batch], device=run_device)
-        return weighted_loss(logprobs, n_tokens, weights), {}
+        loss = weighted_loss(logprobs[:B], n_tokens[:B], weights)
+        if not contrast:
+            return loss, {}
+        contrast_term = contrast_loss(logprobs[:B], logprobs[B:], n_tokens[:B], condition_beta)
+        return loss + condition_contrast * contrast_term, {"contrast": contrast_term.item()}
     # kto: each prompt paired with the next row's response estimates the KL term
     mismatched = [join(a.prefix, a.prompt_ids, b.reply, max_seq_len)[:2] for a, b in zip(batch, batch[1:] + batch[:1])]
     xm, ym = collate(mismatched, pad_id, run_device, pad_to)
@@ -418,6 +444,9 @@ if __name__ == "__main__":
             raise SystemExit(f"{name} must be at least 1, not {globals()[name]}")
     if max_iters < 0 or n_epochs < 0:
         raise SystemExit(f"max_iters and n_epochs must not be negative (got {max_iters} and {n_epochs})")
+    if condition_contrast < 0 or condition_beta <= 0:
+        raise SystemExit(f"condition_contrast must be >= 0 and condition_beta > 0 (got {condition_contrast} and "
+                         f"{condition_beta})")
     if dtype not in ("auto", "float32", "bfloat16"):
         raise SystemExit(f"dtype must be 'auto', 'float32' or 'bfloat16', not '{dtype}'")
     if not 0 <= dropout < 1:

@@ -1535,6 +1535,19 @@ def test_finetune_kto_loss_matches_a_hand_computed_value():
     assert z0.item() == 0.0
 
 
+def test_finetune_contrast_loss_matches_a_hand_computed_value():
+    logprobs = torch.tensor([-6.0, -10.0], requires_grad=True)  # each row under its own rating token
+    contrast_logprobs = torch.tensor([-9.0, -8.0], requires_grad=True)  # the same rows under the contrasting one
+    n_tokens, beta = torch.tensor([3, 5]), 2.0
+    loss = finetune.contrast_loss(logprobs, contrast_logprobs, n_tokens, beta)
+    gaps = [(-6.0 + 9.0) / 3, (-10.0 + 8.0) / 5]  # per token: 1.0 for the first row, -0.4 for the second
+    expected = sum(math.log(1 + math.exp(-beta * gap)) for gap in gaps) / 2
+    assert loss.item() == pytest.approx(expected)
+    loss.backward()  # each row is pushed up under its own rating and down under the contrasting one
+    assert (logprobs.grad < 0).all() and (contrast_logprobs.grad > 0).all()
+    assert [finetune.contrast_rating(r) for r in range(1, 6)] == [5, 5, 5, 5, 1]
+
+
 def test_finetune_preference_score_counts_higher_rated_pairs():
     scored = [("p", 5, -1.0), ("p", 3, -2.0), ("p", 1, -0.5),  # 5>3 right, 5>1 wrong, 3>1 wrong
               ("q", 4, -1.0), ("q", 2, -1.0),                   # a tie counts half
@@ -1711,9 +1724,10 @@ def test_finetune_script_logs_saves_and_resumes_bit_identically(tmp_path, ft_tok
         assert f.read() == pretrained  # the pretrained run is never written to
 
 
-def test_finetune_impossible_optimizer_or_dropout_settings_are_one_sentence_before_any_work(tmp_path):
+def test_finetune_impossible_optimizer_dropout_or_contrast_settings_are_one_sentence_before_any_work(tmp_path):
     for override, message in (("--dropout=1.0", "dropout must be in [0, 1), not 1.0"),
-                              ("--learning_rate=-1", "learning_rate and weight_decay must be >= 0")):
+                              ("--learning_rate=-1", "learning_rate and weight_decay must be >= 0"),
+                              ("--condition_beta=0", "condition_contrast must be >= 0 and condition_beta > 0")):
         result = run_finetune([f"--data_path={tmp_path / 'missing.csv'}", override], check=False)
         assert result.returncode != 0 and message in result.stderr and "Traceback" not in result.stderr
 
@@ -1773,6 +1787,7 @@ def test_finetune_every_training_setting_changes_the_trained_weights(tmp_path, f
                            "weight_decay": 0.5, "beta2": 0.5, "grad_clip": 0.01, "batch_size": 3, "dropout": 0.1,
                            "seed": 1, "min_rating": 3, "val_fraction": 0.4, "beta1": 0.5, "n_epochs": 0.25,
                            "dtype": NOT_AUTO_DTYPE, "control": None},
+                "condition": {"condition_contrast": 0.0, "condition_beta": 1.0, "control": None},
                 "kto": {"kto_beta": 1.0, "kto_lambda_desirable": 2.0, "kto_lambda_undesirable": 2.0, "control": None}}
 
     def args(mode, name, value=None):
