@@ -355,9 +355,8 @@ def training_loss(batch):
     """The loss of one batch of Examples under rating_mode, and a dict of things worth logging."""
     pairs = [join(e.prefix, e.prompt_ids, e.reply, max_seq_len)[:2] for e in batch]
     contrast = rating_mode == "condition" and condition_contrast > 0
-    if contrast:  # the same rows under their contrasting rating token, in the same forward pass
-        pairs += [join([special[rating_token(contrast_rating(e.rating))], *e.prefix[1:]], e.prompt_ids, e.reply,
-                       max_seq_len)[:2] for e in batch]
+    if contrast:  # the same rows with their contrasting rating token first, in the same forward pass
+        pairs += [([special[rating_token(contrast_rating(e.rating))], *x[1:]], y) for e, (x, y) in zip(batch, pairs)]
     x, y = collate(pairs, pad_id, run_device, pad_to)
     with autocast:
         logprobs, n_tokens = sequence_logprobs(model, x, y)
