@@ -10,8 +10,9 @@ Each row becomes [<|prompt|>] prompt [<|response|>] response [<|endoftext|>], th
 and only the response and the end token are learned. rating_mode says what the ratings do:
   weight     the loss of each row is scaled by rating/5 (the original project's behaviour)
   filter     only rows rated at least min_rating are learned
-  condition  a token <|rating_k|> goes first, the model learns every row, and learns to tell a row's own rating
-             from a contrasting one (5, or 1 for a 5-rated row); sampling asks for <|rating_5|>
+  condition  a token <|rating_k|> goes first, the model learns every row, learns to tell a row's own rating
+             from a contrasting one (5, or 1 for a 5-rated row), and under <|rating_5|> to rank each answer
+             against a differently rated answer to the same prompt; sampling asks for <|rating_5|>
   kto        rows rated 4-5 are desirable and 1-2 undesirable (3 is left out), trained with KTO
              (Ethayarajh et al. 2024) against the frozen pretrained model, so bad answers are pushed down
 Prompts are split into training and validation; every evaluation logs the response loss of each rating
@@ -49,7 +50,8 @@ skip_bad_rows = False  # True skips rows with a bad rating or an empty field (an
 rating_mode = "filter"  # 'weight', 'filter', 'condition' or 'kto' (see above)
 min_rating = 4  # filter: the lowest rating that is learned
 condition_contrast = 1.0  # condition: weight of the contrast term (see contrast_loss); 0 turns it off
-condition_beta = 5.0  # condition: how sharply the contrast term saturates in the per-token log-probability gap
+condition_rank = 0.5  # condition: weight of the ranking term (see rank_loss); 0 turns it off
+condition_beta = 5.0  # condition: how sharply both terms saturate in the per-token log-probability gap
 kto_beta = 0.1  # kto: how sharply the value function saturates in the log-probability ratio
 kto_lambda_desirable = 1.0  # kto: weight of desirable rows
 kto_lambda_undesirable = 1.0  # kto: weight of undesirable rows (loss aversion when larger)
@@ -276,6 +278,26 @@ def contrast_loss(logprobs, contrast_logprobs, n_tokens, beta):
     return F.softplus(-beta * gap).mean()
 
 
+def rivals(batch, rows_by_prompt, seed, it):
+    """For each row of a batch, another training row of the same prompt with a different rating, or None if its
+    prompt has none; drawn from a generator seeded by seed and the iteration, so a resumed run draws the same."""
+    rng = random.Random(f"{seed}:{it}")
+    chosen = []
+    for e in batch:
+        others = [r for r in rows_by_prompt[e.prompt] if r.rating != e.rating]
+        chosen.append(rng.choice(others) if others else None)
+    return chosen
+
+
+def rank_loss(logprobs, n_tokens, rival_logprobs, rival_n_tokens, higher, beta):
+    """Condition mode's ranking term, mean over rows of -log sigmoid(beta * margin), where margin is how much
+    likelier per token the higher-rated of two answers to one prompt is than the lower-rated one, both read under
+    <|rating_5|> (higher: True where the row, not its rival, is the higher-rated). It teaches what asking for the
+    top rating means across answers, which the contrast term, one answer under two tokens, does not."""
+    gap = logprobs / n_tokens.clamp(min=1) - rival_logprobs / rival_n_tokens.clamp(min=1)
+    return F.softplus(-beta * torch.where(higher, gap, -gap)).mean()
+
+
 def kto_loss(logprobs, ref_logprobs, kl_logprobs, kl_ref_logprobs, desirable, beta, lambda_d, lambda_u):
     """KTO (Ethayarajh et al. 2024): reward r = log pi(y|x) - log pi_ref(y|x); reference point z0 = KL(pi || pi_ref)
     estimated on mismatched pairs (a prompt with another row's response), clamped at 0 and not differentiated;
@@ -353,21 +375,32 @@ def lr_at(it, total_iters):
 
 def training_loss(batch):
     """The loss of one batch of Examples under rating_mode, and a dict of things worth logging."""
+    B = len(batch)
     pairs = [join(e.prefix, e.prompt_ids, e.reply, max_seq_len)[:2] for e in batch]
     contrast = rating_mode == "condition" and condition_contrast > 0
-    if contrast:  # the same rows with their contrasting rating token first, in the same forward pass
+    rank = rating_mode == "condition" and condition_rank > 0
+    if contrast or rank:  # the same rows with their contrasting rating token first, in the same forward pass
         pairs += [([special[rating_token(contrast_rating(e.rating))], *x[1:]], y) for e, (x, y) in zip(batch, pairs)]
+    if rank:  # and a rival answer to each row's prompt under <|rating_5|>, where it has one
+        rival = rivals(batch, rows_by_prompt, seed, iter_num)
+        ranked = [k for k in range(B) if rival[k] is not None]
+        pairs += [join(sample_prefix, rival[k].prompt_ids, rival[k].reply, max_seq_len)[:2] for k in ranked]
     x, y = collate(pairs, pad_id, run_device, pad_to)
     with autocast:
         logprobs, n_tokens = sequence_logprobs(model, x, y)
     if rating_mode != "kto":
-        B = len(batch)
         weights = torch.tensor([e.weight for e in batch], device=run_device)
-        loss = weighted_loss(logprobs[:B], n_tokens[:B], weights)
-        if not contrast:
-            return loss, {}
-        contrast_term = contrast_loss(logprobs[:B], logprobs[B:], n_tokens[:B], condition_beta)
-        return loss + condition_contrast * contrast_term, {"contrast": contrast_term.item()}
+        loss, logged = weighted_loss(logprobs[:B], n_tokens[:B], weights), {}
+        if contrast:
+            contrast_term = contrast_loss(logprobs[:B], logprobs[B:2 * B], n_tokens[:B], condition_beta)
+            loss, logged["contrast"] = loss + condition_contrast * contrast_term, contrast_term.item()
+        if rank and ranked:  # a 5-rated row's own reading is under <|rating_5|>, any other's contrasting one is
+            top = torch.tensor([k if batch[k].rating == 5 else B + k for k in ranked], device=run_device)
+            higher = torch.tensor([batch[k].rating > rival[k].rating for k in ranked], device=run_device)
+            rank_term = rank_loss(logprobs[top], n_tokens[top], logprobs[2 * B:], n_tokens[2 * B:], higher,
+                                  condition_beta)
+            loss, logged["rank"] = loss + condition_rank * rank_term, rank_term.item()
+        return loss, logged
     # kto: each prompt paired with the next row's response estimates the KL term
     mismatched = [join(a.prefix, a.prompt_ids, b.reply, max_seq_len)[:2] for a, b in zip(batch, batch[1:] + batch[:1])]
     xm, ym = collate(mismatched, pad_id, run_device, pad_to)
@@ -443,9 +476,9 @@ if __name__ == "__main__":
             raise SystemExit(f"{name} must be at least 1, not {globals()[name]}")
     if max_iters < 0 or n_epochs < 0:
         raise SystemExit(f"max_iters and n_epochs must not be negative (got {max_iters} and {n_epochs})")
-    if condition_contrast < 0 or condition_beta <= 0:
-        raise SystemExit(f"condition_contrast must be >= 0 and condition_beta > 0 (got {condition_contrast} and "
-                         f"{condition_beta})")
+    if condition_contrast < 0 or condition_rank < 0 or condition_beta <= 0:
+        raise SystemExit(f"condition_contrast and condition_rank must be >= 0 and condition_beta > 0 (got "
+                         f"{condition_contrast}, {condition_rank} and {condition_beta})")
     if dtype not in ("auto", "float32", "bfloat16"):
         raise SystemExit(f"dtype must be 'auto', 'float32' or 'bfloat16', not '{dtype}'")
     if not 0 <= dropout < 1:
@@ -531,6 +564,9 @@ if __name__ == "__main__":
     if not train_examples or not val_examples:
         raise SystemExit(f"{data_path} has too few rows that fit max_seq_len={max_seq_len} to train and validate")
     sample_prefix = [special[rating_token(5)], special[PROMPT]] if rating_mode == "condition" else None
+    rows_by_prompt = {}  # condition mode's ranking term draws each row's rival from its prompt's rows
+    for e in train_examples:
+        rows_by_prompt.setdefault(e.prompt, []).append(e)
     ratings = {r: sum(e.rating == r for e in train_examples) for r in range(1, 6)}
     print(f"{len(df)} rows, {df['prompt'].nunique()} prompts: {len(train_examples)} rows for training (ratings "
           f"{ratings}), {len(val_examples)} rows of {val_df['prompt'].nunique()} prompts held out; "

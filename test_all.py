@@ -1209,6 +1209,23 @@ def test_pretrain_every_training_setting_changes_the_trained_weights(tmp_path):
         assert changed != (name == "control"), f"{name}: {'changed' if changed else 'no effect'}"
 
 
+def test_pretrain_compiled_trains_like_eager_and_saves_the_plain_modules_weights(tmp_path):
+    """compile=True (torch.compile; on CPU inductor needs a C++ compiler, which this machine image has) gives the
+    losses of the eager run, and its checkpoint loads into an uncompiled GPT (no _orig_mod. prefix)."""
+    corpus = tmp_path / "corpus.txt"
+    make_corpus(corpus, n_words=4000)
+    common = dict(max_iters=6, eval_interval=3, eval_iters=2, cache_dir=tmp_path / "cache", dtype="float32")
+    run_script("pretrain.py", tiny_args(tmp_path / "eager", corpus, **common))
+    run_script("pretrain.py", tiny_args(tmp_path / "compiled", corpus, **common, compile=True))
+    eager, compiled = read_log(tmp_path / "eager" / "out"), read_log(tmp_path / "compiled" / "out")
+    assert [r["iter"] for r in compiled] == ["0", "3", "6"]
+    for a, b in zip(eager, compiled):  # fused kernels round differently, so close rather than equal
+        assert float(b["val_loss"]) == pytest.approx(float(a["val_loss"]), rel=1e-3)
+    checkpoint = load_checkpoint(tmp_path / "compiled" / "out" / "ckpt.pt")
+    model = GPT(GPTConfig(**checkpoint["model_config"]))
+    model.load_state_dict(checkpoint["model"])  # strict: every key is the plain module's
+
+
 def test_pretrain_resume_refuses_a_checkpoint_of_another_shape_or_validation_split(tiny_run):
     run_dir, corpus = tiny_run
     result = run_script("pretrain.py", tiny_args(run_dir, corpus, d_model=48, init_from="resume"), check=False)
@@ -1548,6 +1565,36 @@ def test_finetune_contrast_loss_matches_a_hand_computed_value():
     assert [finetune.contrast_rating(r) for r in range(1, 6)] == [5, 5, 5, 5, 1]
 
 
+def test_finetune_rank_loss_matches_a_hand_computed_value():
+    logprobs = torch.tensor([-6.0, -10.0], requires_grad=True)  # two rows under <|rating_5|>
+    rival_logprobs = torch.tensor([-9.0, -4.0], requires_grad=True)  # a rival answer to each row's prompt, under it too
+    n_tokens, rival_n_tokens, beta = torch.tensor([3, 5]), torch.tensor([2, 4]), 2.0
+    higher = torch.tensor([True, False])  # the first row is rated above its rival, the second below
+    loss = finetune.rank_loss(logprobs, n_tokens, rival_logprobs, rival_n_tokens, higher, beta)
+    margins = [-6.0 / 3 + 9.0 / 2, -(-10.0 / 5 + 4.0 / 4)]  # higher-rated minus lower-rated, per token: 2.5 and 1.0
+    expected = sum(math.log(1 + math.exp(-beta * m)) for m in margins) / 2
+    assert loss.item() == pytest.approx(expected)
+    loss.backward()  # the higher-rated answer of each pair goes up, the lower-rated one down
+    assert logprobs.grad[0] < 0 < logprobs.grad[1] and rival_logprobs.grad[1] < 0 < rival_logprobs.grad[0]
+
+
+def test_finetune_rivals_are_other_ratings_of_the_same_prompt_drawn_the_same_on_a_resume():
+    rows = [finetune.Example([], [], [], rating, prompt) for prompt, rating in
+            [("a", 5), ("a", 3), ("a", 1), ("b", 4), ("b", 2), ("c", 5)]]
+    by_prompt = {}
+    for e in rows:
+        by_prompt.setdefault(e.prompt, []).append(e)
+    draws = [finetune.rivals(rows, by_prompt, seed=1337, it=it) for it in range(20)]
+    for chosen in draws:
+        for e, rival in zip(rows, chosen):
+            if e.prompt == "c":
+                assert rival is None  # its prompt has no other answer
+            else:
+                assert rival.prompt == e.prompt and rival.rating != e.rating
+    assert len({tuple(id(r) for r in chosen) for chosen in draws}) > 1  # each iteration draws anew
+    assert [r and r.rating for r in finetune.rivals(rows, by_prompt, 1337, 7)] == [r and r.rating for r in draws[7]]
+
+
 def test_finetune_preference_score_counts_higher_rated_pairs():
     scored = [("p", 5, -1.0), ("p", 3, -2.0), ("p", 1, -0.5),  # 5>3 right, 5>1 wrong, 3>1 wrong
               ("q", 4, -1.0), ("q", 2, -1.0),                   # a tie counts half
@@ -1700,12 +1747,13 @@ def ft_args(tmp_path, out, **overrides):
     return [f"--{k}={v}" for k, v in settings.items()]
 
 
-def test_finetune_script_logs_saves_and_resumes_bit_identically(tmp_path, ft_tokenizer):
+@pytest.mark.parametrize("mode", ["kto", "condition"])  # each with a random draw of its own: kto's reference, rivals
+def test_finetune_script_logs_saves_and_resumes_bit_identically(tmp_path, ft_tokenizer, mode):
     pretrained_run(tmp_path / "out", ft_tokenizer)
     write_csv(tmp_path / "d.csv", ft_rows())
     with open(tmp_path / "out" / "ckpt.pt", "rb") as f:
         pretrained = f.read()
-    common = dict(rating_mode="kto", dropout=0.1, lr_decay_iters=8)
+    common = dict(rating_mode=mode, dropout=0.1, lr_decay_iters=8)
     run_finetune(ft_args(tmp_path, "a", **common))
     run_finetune(ft_args(tmp_path, "b", **common, max_iters=4))
     result = run_finetune(ft_args(tmp_path, "b", **common, init_from="resume"))
@@ -1714,8 +1762,9 @@ def test_finetune_script_logs_saves_and_resumes_bit_identically(tmp_path, ft_tok
     assert a["iter_num"] == b["iter_num"] == 8
     for name in a["model"]:
         assert torch.equal(a["model"][name], b["model"][name]), name
-    assert a["kind"] == "finetune" and a["rating_mode"] == "kto" and a["template"] == {
-        "prompt": "<|prompt|>", "response": "<|response|>", "end": "<|endoftext|>", "rating_token": None}
+    assert a["kind"] == "finetune" and a["rating_mode"] == mode and a["template"] == {
+        "prompt": "<|prompt|>", "response": "<|response|>", "end": "<|endoftext|>",
+        "rating_token": "<|rating_5|>" if mode == "condition" else None}
     with open(tmp_path / "a" / "log.csv") as f:
         log = list(csv.DictReader(f))
     assert [r["iter"] for r in log] == ["0", "4", "8"] and all(0 <= float(r["pref_score"]) <= 1 for r in log)
@@ -1727,7 +1776,7 @@ def test_finetune_script_logs_saves_and_resumes_bit_identically(tmp_path, ft_tok
 def test_finetune_impossible_optimizer_dropout_or_contrast_settings_are_one_sentence_before_any_work(tmp_path):
     for override, message in (("--dropout=1.0", "dropout must be in [0, 1), not 1.0"),
                               ("--learning_rate=-1", "learning_rate and weight_decay must be >= 0"),
-                              ("--condition_beta=0", "condition_contrast must be >= 0 and condition_beta > 0")):
+                              ("--condition_beta=0", "condition_rank must be >= 0 and condition_beta > 0")):
         result = run_finetune([f"--data_path={tmp_path / 'missing.csv'}", override], check=False)
         assert result.returncode != 0 and message in result.stderr and "Traceback" not in result.stderr
 
@@ -1787,7 +1836,8 @@ def test_finetune_every_training_setting_changes_the_trained_weights(tmp_path, f
                            "weight_decay": 0.5, "beta2": 0.5, "grad_clip": 0.01, "batch_size": 3, "dropout": 0.1,
                            "seed": 1, "min_rating": 3, "val_fraction": 0.4, "beta1": 0.5, "n_epochs": 0.25,
                            "dtype": NOT_AUTO_DTYPE, "control": None},
-                "condition": {"condition_contrast": 0.0, "condition_beta": 1.0, "control": None},
+                "condition": {"condition_contrast": 0.0, "condition_rank": 0.0, "condition_beta": 1.0,
+                              "control": None},
                 "kto": {"kto_beta": 1.0, "kto_lambda_desirable": 2.0, "kto_lambda_undesirable": 2.0, "control": None}}
 
     def args(mode, name, value=None):
