@@ -30,7 +30,8 @@ from operator import add, itemgetter
 # -----------------------------------------------------------------------------
 # the split pattern: GPT-4's (cl100k), rewritten for Python's re, which has no \p{L} or \p{N}.
 # In re, [^\W\d_] is a letter, \d a digit, and "[^\s\w]|_" anything that is not one of those nor
-# whitespace, so every character lands in some chunk and no text is silently dropped.
+# whitespace, so every character lands in some chunk and no text is silently dropped. One difference:
+# numerals that are not decimal digits (², ½, Ⅻ) are not \d but are \w to re, so they count as letters here.
 
 SPLIT_PATTERN = "|".join([
     r"'(?i:[sdmt]|ll|ve|re)",       # contractions: 's 'd 'm 't 'll 've 're, in any case
@@ -58,9 +59,10 @@ _ASCII_SPLIT_PATTERN = "|".join([
     r"[\t-\r\x1c- ]+",
 ])
 
-# A letter followed by a non-letter ends a chunk, and nothing in the split pattern looks across it,
-# so text cut there chunks exactly as the whole does. The greedy .* makes match() find the last one.
-_LAST_CUT = re.compile(r"(?s:.*)[^\W\d_](?=[\W\d_])")
+# Places where a chunk always ends, whatever comes next: a letter before a non-letter, a digit before a
+# non-digit, a non-space before a space, a newline before a non-space. Nothing in the split pattern looks
+# across them, so text cut there chunks exactly as the whole does. The greedy .* finds the last one.
+_LAST_CUT = re.compile(r"(?s:.*)(?:[^\W\d_](?=[\W\d_])|\d(?=\D)|\S(?= )|\n(?=\S))")
 
 FORMAT, VERSION = "bpe.py tokenizer", 1
 MAX_VOCAB = 0x10FFFF  # ids are characters, and one character is kept back to be no token:
@@ -81,6 +83,8 @@ def _text_blocks(path, block_chars, specials=(), cuttable=True):
     """Yield the text of a file in pieces of about block_chars characters, each cut where the split
     pattern cannot join across and never inside one of the given special tokens. The cut rule is made
     for SPLIT_PATTERN; with cuttable=False (another pattern) the whole file is one piece."""
+    if block_chars < 1:
+        raise ValueError(f"block_chars is {block_chars}; it must be at least 1")
     if not cuttable:
         block_chars = -1
     longest = max(map(len, specials), default=1)
@@ -109,6 +113,26 @@ def _text_blocks(path, block_chars, specials=(), cuttable=True):
         yield carry
 
 
+def _compile(pattern):
+    try:
+        split = re.compile(pattern)
+    except (re.error, TypeError) as e:
+        raise ValueError(f"the split pattern does not compile ({e})") from None
+    if split.groups:  # findall would return the groups' text instead of the chunks
+        raise ValueError(f"the split pattern has {split.groups} capturing group(s); write each as (?:...)")
+    return split
+
+
+def _chunks(split, text):
+    """split.findall(text). A pattern other than ours is checked to match every character: what it skipped would
+    be lost from the encoding without a word."""
+    chunks = split.findall(text)
+    if split.pattern not in (SPLIT_PATTERN, _ASCII_SPLIT_PATTERN) and sum(map(len, chunks)) != len(text):
+        raise ValueError(f"the split pattern matches only {sum(map(len, chunks))} of the {len(text)} characters of "
+                         f"the text; it must match every character (ending it with |[\\s\\S] would)")
+    return chunks
+
+
 def _special_splitter(specials):
     """A regex that splits text at the given special tokens, keeping them (longest first wins)."""
     return re.compile("(" + "|".join(map(re.escape, sorted(specials, key=len, reverse=True))) + ")")
@@ -117,6 +141,8 @@ def _special_splitter(specials):
 def _unique(special_tokens):
     if isinstance(special_tokens, str):  # list("<s>") would make three special tokens of one character each
         raise ValueError(f"special_tokens is the string {special_tokens!r}, not a list of strings")
+    if isinstance(special_tokens, (set, frozenset)):  # ids are given in order, and a set's order changes by run
+        raise ValueError(f"special_tokens is a set, whose order (and so the ids) differs from run to run; give a list")
     special_tokens = list(special_tokens)
     if len(set(special_tokens)) != len(special_tokens):
         raise ValueError(f"special tokens {special_tokens} contain a duplicate")
@@ -126,7 +152,10 @@ def _unique(special_tokens):
 def _training_specials(vocab_size, special_tokens):
     """Check train()'s arguments before the counting starts; return the special tokens as a list."""
     special_tokens = _unique(special_tokens)
-    if not 256 + len(special_tokens) <= vocab_size <= MAX_VOCAB:
+    for s in special_tokens:
+        if not (isinstance(s, str) and s):
+            raise ValueError(f"special token {s!r} is not a non-empty string")
+    if type(vocab_size) is not int or not 256 + len(special_tokens) <= vocab_size <= MAX_VOCAB:
         raise ValueError(f"vocab_size {vocab_size} must be between {256 + len(special_tokens)} (bytes and special tokens) and {MAX_VOCAB}")
     return special_tokens
 
@@ -161,11 +190,7 @@ class Tokenizer:
         """merges: (a, b) id pairs in rank order; special_tokens: strings (ids given in order after the
         merges) or a dict string -> id; pattern: the split regex; cache_size: how many chunks' encodings
         to keep before starting over. Raises ValueError if these are inconsistent."""
-        try:
-            self._split = re.compile(pattern)
-        except (re.error, TypeError) as e:
-            raise ValueError(f"the split pattern does not compile ({e})") from None
-        self.pattern = pattern
+        self._split, self.pattern = _compile(pattern), pattern
         self._ascii_split = re.compile(_ASCII_SPLIT_PATTERN) if pattern == SPLIT_PATTERN else self._split
         vocab = [bytes([i]) for i in range(256)]  # id -> bytes
         self._merges = []
@@ -184,7 +209,8 @@ class Tokenizer:
             vocab.append(vocab[a] + vocab[b])
         n = len(vocab)
         if not isinstance(special_tokens, dict):
-            special_tokens = dict(zip(_unique(special_tokens), range(n, MAX_VOCAB)))
+            special_tokens = _unique(special_tokens)
+            special_tokens = dict(zip(special_tokens, range(n, n + len(special_tokens))))
         ids = list(special_tokens.values())
         if not all(type(i) is int for i in ids) or sorted(ids) != list(range(n, n + len(ids))) or n + len(ids) > MAX_VOCAB:
             raise ValueError(f"special token ids {ids} are not {n}, {n + 1}, ...: the ids right after the {n - 256} merges, once each")
@@ -234,9 +260,9 @@ class Tokenizer:
         pair is left). Occurrences of the special tokens in text are left out of the counts.
         progress, if given, is called as progress("merge", merges_done, merges_wanted)."""
         special_tokens = _training_specials(vocab_size, special_tokens)
-        split, counts = re.compile(pattern), Counter()
+        split, counts = _compile(pattern), Counter()
         for piece in _special_splitter(special_tokens).split(text)[::2] if special_tokens else [text]:
-            counts.update(split.findall(piece))
+            counts.update(_chunks(split, piece))
         return cls._from_counts(counts, vocab_size, special_tokens, pattern, progress)
 
     @classmethod
@@ -244,11 +270,11 @@ class Tokenizer:
         """train() on a UTF-8 file of any size: chunks are counted in one streaming pass, block by block.
         progress is also called as progress("count", bytes_read, file_bytes)."""
         special_tokens = _training_specials(vocab_size, special_tokens)
-        split, counts, done, size = re.compile(pattern), Counter(), 0, os.path.getsize(path)
+        split, counts, done, size = _compile(pattern), Counter(), 0, os.path.getsize(path)
         splitter = special_tokens and _special_splitter(special_tokens)
         for block in _text_blocks(path, block_chars, special_tokens, pattern == SPLIT_PATTERN):
             for piece in splitter.split(block)[::2] if splitter else [block]:
-                counts.update(split.findall(piece))
+                counts.update(_chunks(split, piece))
             if progress:
                 done += len(block.encode("utf-8"))
                 progress("count", done, size)
@@ -356,7 +382,7 @@ class Tokenizer:
 
     def encode_ordinary(self, text):
         """Encode text as plain text: special-token strings in it are ordinary characters."""
-        chunks = (self._ascii_split if text.isascii() else self._split).findall(text)  # isascii() is O(1)
+        chunks = _chunks(self._ascii_split if text.isascii() else self._split, text)  # isascii() is O(1)
         cache = self._cache
         new = set(chunks).difference(cache) if cache else set(chunks)  # iterated twice below, in the same order
         if len(cache) + len(new) > self.cache_size:
@@ -397,7 +423,7 @@ class Tokenizer:
         try:
             return b"".join(map(self._vocab.__getitem__, ids))
         except (KeyError, TypeError):
-            bad = next(i for i in ids if i not in self._vocab)
+            bad = next(i for i in ids if not isinstance(i, int) or i not in self._vocab)
             raise ValueError(f"token id {bad!r} is not in this vocabulary of {self.vocab_size} ids") from None
 
     def decode(self, ids):
@@ -408,6 +434,8 @@ class Tokenizer:
         """Yield text as ids arrive, holding back the bytes of a character split across tokens until
         it is complete; the pieces join to decode(ids)."""
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        if hasattr(ids, "tolist"):  # a tensor or an array: its items would be 0-d tensors, not ints
+            ids = ids.tolist()
         for i in ids:
             text = decoder.decode(self.decode_bytes((i,)))
             if text:
@@ -464,9 +492,14 @@ class Tokenizer:
         merges = ",\n".join(f"    [{a}, {b}]" for a, b in self._merges)
         text = "{\n" + "\n".join(lines) + '\n  "merges": [\n' + merges + "\n  ]\n}\n"
         tmp = f"{path}.tmp{os.getpid()}"
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)  # never leave a half-written tokenizer behind
+        try:
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.write(text)
+            os.replace(tmp, path)  # never leave a half-written tokenizer behind
+        except BaseException:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+            raise
 
     @classmethod
     def load(cls, path):
@@ -477,7 +510,9 @@ class Tokenizer:
                 data = json.load(f)
         except FileNotFoundError:
             raise FileNotFoundError(f"tokenizer file {path!r} does not exist") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        except OSError as e:  # a directory, no permission
+            raise ValueError(f"tokenizer file {path!r} cannot be read ({e.strerror})") from None
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
             raise ValueError(f"tokenizer file {path!r} is not valid JSON, perhaps truncated ({e})") from None
         keys = {"format", "version", "pattern", "special_tokens", "merges"}
         if not isinstance(data, dict) or data.get("format") != FORMAT:
@@ -505,14 +540,19 @@ if __name__ == "__main__":
         sys.exit("usage: python bpe.py TEXT_FILE [--vocab_size=4096] [--out=tokenizer.json] [--special=<|endoftext|>]\n"
                  "  --special takes a comma-separated list; --special= means none")
     path, out = files[0], opts.get("out", "tokenizer.json")
-    if not opts.get("vocab_size", "4096").isdigit():
+    if not opts.get("vocab_size", "4096").isdecimal():  # isdigit() would pass '²', which int() refuses
         sys.exit(f"--vocab_size must be a whole number, not {opts['vocab_size']!r}")
     vocab_size = int(opts.get("vocab_size", 4096))
     specials = [s for s in opts.get("special", "<|endoftext|>").split(",") if s]
     if os.path.isdir(path):
         sys.exit(f"{path} is a directory; give a UTF-8 text file")
-    if not os.path.isdir(os.path.dirname(os.path.abspath(out))):  # found out now, not after the training
+    # found out now, not after the training
+    if not out or out.endswith(("/", os.sep)) or os.path.isdir(out):
+        sys.exit(f"--out={out} is not a file name; give the path of the JSON file to write")
+    if not os.path.isdir(os.path.dirname(os.path.abspath(out))):
         sys.exit(f"cannot save to {out}: the folder {os.path.dirname(os.path.abspath(out))} does not exist")
+    if os.path.exists(out) and os.path.exists(path) and os.path.samefile(path, out):
+        sys.exit(f"--out={out} is the text file to train on, which saving would overwrite; give another --out")
     try:
         from tqdm import tqdm
     except ImportError:  # no progress bars, then

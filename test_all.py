@@ -27,7 +27,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bpe import Tokenizer
+from bpe import SPLIT_PATTERN, Tokenizer, _LAST_CUT, _text_blocks
 from configurator import configure
 import finetune
 from model import (GPT, GPTConfig, KVCache, LayerNorm, SinusoidalPositions, keep_freed_memory, load_checkpoint,
@@ -284,7 +284,7 @@ def test_bpe_encode_with_any_merge_list_matches_reference_encoder():
 
 def test_bpe_ascii_split_matches_split_pattern():
     # ASCII text is split with a twin of the pattern written with ASCII classes; it must cut exactly the same
-    from bpe import _ASCII_SPLIT_PATTERN, SPLIT_PATTERN
+    from bpe import _ASCII_SPLIT_PATTERN
     full, ascii_ = re.compile(SPLIT_PATTERN), re.compile(_ASCII_SPLIT_PATTERN)
     chars = [chr(i) for i in range(128)]
     tricky = " \t\n\r\x0b\x0c\x1c\x1f'_aslLSVR1,!\x00\x7f"
@@ -379,6 +379,10 @@ def test_tokenizer_load_errors(tmp_path):
     check("gap.json", dict(data, special_tokens={"<|endoftext|>": 301}), ValueError, ["special token ids"])
     check("empty_special.json", dict(data, special_tokens={"": 300}), ValueError, ["special token"])
     check("pattern.json", dict(data, pattern="(unclosed"), ValueError, ["pattern"])
+    check("groups.json", dict(data, pattern="(a)|b"), ValueError, ["capturing group"])
+    check("deep.json", "[" * 100_000, ValueError, ["not valid JSON"])
+    os.mkdir(tmp_path / "folder.json")
+    check("folder.json", None, ValueError, ["cannot be read"])
 
 
 def test_tokenizer_decode_stream_holds_split_characters():
@@ -436,6 +440,32 @@ def test_tokenizer_encode_file_matches_encode(tmp_path):
         tok.encode_file(path, out, dtype="int8")
 
 
+def test_tokenizer_file_blocks_are_cut_only_where_the_chunks_stay_the_same():
+    """_text_blocks cuts where _LAST_CUT finds a place (a letter before a non-letter, a digit before a non-digit,
+    a non-space before a space, a newline before a non-space): at every such place in random text, the two
+    sides chunk as the whole does."""
+    split, rng = re.compile(SPLIT_PATTERN), random.Random(5)
+    cut_here = re.compile(_LAST_CUT.pattern.replace("(?s:.*)", ""))
+    alphabet = list("aZé1٣² \n\r\t's_!.\x1c\xa0😀\u0301") + ["'ll", "  ", "\r\n"]
+    n_cuts = 0
+    for _ in range(3000):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(1, 12)))
+        for p in range(1, len(text)):
+            if (m := cut_here.match(text, p - 1)) and m.end() == p:
+                n_cuts += 1
+                assert split.findall(text[:p]) + split.findall(text[p:]) == split.findall(text), (text, p)
+    assert n_cuts > 5000
+
+
+def test_tokenizer_file_without_letters_is_still_read_in_blocks(tmp_path):
+    path = tmp_path / "numbers.csv"
+    path.write_text("".join(f"{i},{i * i}\n" for i in range(20000)))  # no letter anywhere
+    blocks = list(_text_blocks(str(path), 1000))
+    assert "".join(blocks) == path.read_text() and max(map(len, blocks)) < 2000
+    with pytest.raises(ValueError, match="block_chars is 0; it must be at least 1"):
+        list(_text_blocks(str(path), 0))
+
+
 def test_tokenizer_train_file_matches_train(tmp_path):
     text = _bpe_text(20000, 17) + "<|endoftext|>" + "".join(BPE_TRICKY) + "\n\n  \n"
     path = str(tmp_path / "in.txt")
@@ -477,8 +507,11 @@ def test_tokenizer_encode_file_refuses_its_own_input_and_leaves_no_partial_outpu
 def test_tokenizer_decode_takes_tensors_arrays_and_iterators_and_names_a_bad_id():
     tok = Tokenizer()
     assert tok.decode(torch.tensor([72, 105])) == tok.decode(iter([72, 105])) == tok.decode((72, 105)) == "Hi"
+    assert "".join(tok.decode_stream(torch.tensor([72, 105]))) == "Hi"
     with pytest.raises(ValueError, match="token id 1000 is not in this vocabulary of 256 ids"):
         tok.decode(iter([72, 1000]))
+    with pytest.raises(ValueError, match=r"token id \[1\] is not in this vocabulary"):
+        tok.decode([72, [1]])
 
 
 def test_tokenizer_special_tokens_given_as_one_string_are_refused():
@@ -486,18 +519,51 @@ def test_tokenizer_special_tokens_given_as_one_string_are_refused():
         Tokenizer.train("a <s> b", vocab_size=300, special_tokens="<s>")
 
 
+def test_tokenizer_special_tokens_given_as_a_set_are_refused_as_their_ids_would_change_by_run():
+    for make in (lambda: Tokenizer.train("a <s> b", 300, special_tokens={"<s>", "</s>"}),
+                 lambda: Tokenizer(special_tokens=frozenset(["<s>", "</s>"]))):
+        with pytest.raises(ValueError, match="special_tokens is a set, whose order .* give a list"):
+            make()
+
+
+def test_tokenizer_training_checks_its_arguments_before_counting():
+    for specials, vocab_size, message in (([""], 300, "special token '' is not a non-empty string"),
+                                          ([5], 300, "special token 5 is not a non-empty string"),
+                                          ([], 300.5, "vocab_size 300.5 must be between 256")):
+        with pytest.raises(ValueError, match=re.escape(message)):
+            Tokenizer.train("a b c", vocab_size, special_tokens=specials)
+
+
+def test_tokenizer_split_pattern_with_groups_or_that_skips_text_is_refused():
+    with pytest.raises(ValueError, match=r"has 1 capturing group\(s\); write each as \(\?:\.\.\.\)"):
+        Tokenizer.train("hello, world", 260, pattern=r"( ?\w+)|\W+")
+    with pytest.raises(ValueError, match="matches only 10 of the 12 characters of the text; it must match every"):
+        Tokenizer.train("hello, world", 260, pattern=r"[a-z]+")
+    tok = Tokenizer(pattern=r"[a-z]+")  # a loaded file may hold such a pattern: encoding refuses to drop text
+    with pytest.raises(ValueError, match="matches only 10 of the 12 characters"):
+        tok.encode("hello, world")
+    tok = Tokenizer(pattern=r"[a-z]+|[\s\S]")  # the fix the message suggests
+    assert tok.decode(tok.encode("hello, world")) == "hello, world"
+
+
 @pytest.mark.parametrize("args, message", [
     (["--vocab_size=abc"], "--vocab_size must be a whole number, not 'abc'"),
     (["--out=/no/such/folder/t.json"], "cannot save to /no/such/folder/t.json: the folder"),
     (["DIRECTORY"], "is a directory; give a UTF-8 text file"),
+    (["--vocab_size=²"], "--vocab_size must be a whole number, not '²'"),  # a digit to isdigit(), not to int()
+    (["--out=TEXT"], "is the text file to train on, which saving would overwrite"),
+    (["--out=FOLDER"], "is not a file name"),
+    (["--out=FOLDER/"], "is not a file name"),
+    (["--out="], "is not a file name"),
 ])
 def test_tokenizer_command_line_mistakes_are_one_sentence_before_any_training(tmp_path, args, message):
     text = tmp_path / "text.txt"
     text.write_text("hello world\n")
     files = [str(tmp_path)] if args == ["DIRECTORY"] else [str(text)]
-    result = subprocess.run([sys.executable, os.path.join(REPO, "bpe.py"), *files, *[a for a in args if a != "DIRECTORY"]],
-                            capture_output=True, text=True)
+    args = [a.replace("TEXT", str(text)).replace("FOLDER", str(tmp_path)) for a in args if a != "DIRECTORY"]
+    result = subprocess.run([sys.executable, os.path.join(REPO, "bpe.py"), *files, *args], capture_output=True, text=True)
     assert result.returncode == 1 and message in result.stderr and "Traceback" not in result.stderr
+    assert text.read_text() == "hello world\n" and sorted(os.listdir(tmp_path)) == ["text.txt"]  # nothing written
 
 
 # ====================================================================================================
