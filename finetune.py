@@ -16,7 +16,8 @@ and only the response and the end token are learned. rating_mode says what the r
   kto        rows rated 4-5 are desirable and 1-2 undesirable (3 is left out), trained with KTO
              (Ethayarajh et al. 2024) against the frozen pretrained model, so bad answers are pushed down
 Prompts are split into training and validation; every evaluation logs the response loss of each rating
-and the preference score to out_dir/log.csv. Run with --help to list every setting.
+and the preference score (overall and per pair of ratings) to out_dir/log.csv. Run with --help to list
+every setting.
 """
 import copy
 import csv
@@ -79,6 +80,7 @@ seed = 1337
 RATING_MODES = ("weight", "filter", "condition", "kto")
 PROMPT, RESPONSE, END = "<|prompt|>", "<|response|>", "<|endoftext|>"
 COLUMNS = ("prompt", "response", "rating")
+HEAD_ELEMENTS = 1 << 22  # logits scored at once: 16 MiB in float32
 
 
 def rating_token(rating):
@@ -253,10 +255,16 @@ def collate(pairs, pad_id, device, pad_to=None):
 
 
 def sequence_logprobs(model, x, y):
-    """Per example: the summed log-probability of its target tokens (B,) and how many there are (B,)."""
-    logits, _ = model(x)
-    nll = F.cross_entropy(logits.float().transpose(1, 2), y, ignore_index=-1, reduction="none")  # (B, T), 0 at -1
-    return -nll.sum(dim=1), (y != -1).sum(dim=1)
+    """Per example: the summed log-probability of its target tokens (B,) and how many there are (B,). Only the
+    positions with a target go through the head, a few hundred at a time: the prompt and the padding need no
+    logits, and pieces under glibc's 32 MiB mmap threshold are reused from step to step, where a whole (B, T, V)
+    tensor would be mapped and zeroed afresh every time (README, Benchmarks: 2.6x faster in condition mode)."""
+    rows, cols = (y != -1).nonzero(as_tuple=True)
+    hidden, targets = model.hidden_states(x)[rows, cols], y[rows, cols]  # (N, C), (N,)
+    step = max(1, HEAD_ELEMENTS // model.config.vocab_size)
+    logprobs = torch.cat([-F.cross_entropy(model.lm_head(hidden[i:i + step]).float(), targets[i:i + step],
+                                           reduction="none") for i in range(0, len(targets), step)])
+    return torch.zeros(len(y), device=y.device).index_add(0, rows, logprobs), (y != -1).sum(dim=1)
 
 
 def weighted_loss(logprobs, n_tokens, weights):
@@ -312,26 +320,28 @@ def kto_loss(logprobs, ref_logprobs, kl_logprobs, kl_ref_logprobs, desirable, be
 
 def preference_score(scored):
     """scored: (prompt, rating, mean log-prob per token) triples. Over prompts with differently rated responses,
-    the fraction of (higher, lower)-rated pairs where the higher-rated one scores higher (a tie counts half);
-    None when there are no such pairs."""
+    the fraction of (higher, lower)-rated pairs where the higher-rated one scores higher (a tie counts half), None
+    when there are no such pairs; and the same fraction for each pair of ratings, as {'5>4': ..., '2>1': ...}."""
     by_prompt = {}
     for prompt, rating, score in scored:
         by_prompt.setdefault(prompt, []).append((rating, score))
-    wins = pairs = 0
+    tally = {}  # 'higher>lower' -> [wins, pairs]
     for answers in by_prompt.values():
         for rating_a, score_a in answers:
             for rating_b, score_b in answers:
                 if rating_a > rating_b:
-                    pairs += 1
-                    wins += 1.0 if score_a > score_b else 0.5 if score_a == score_b else 0.0
-    return wins / pairs if pairs else None
+                    counts = tally.setdefault(f"{rating_a}>{rating_b}", [0.0, 0])
+                    counts[0] += 1.0 if score_a > score_b else 0.5 if score_a == score_b else 0.0
+                    counts[1] += 1
+    wins, pairs = sum(w for w, _ in tally.values()), sum(n for _, n in tally.values())
+    return (wins / pairs if pairs else None), {k: w / n for k, (w, n) in sorted(tally.items(), reverse=True)}
 
 
 @torch.no_grad()
 def evaluate(model, examples, max_seq_len, pad_id, device, batch_size, autocast=nullcontext(), prefix=None,
              pad_to=None):
     """Mean response loss per token for each rating ('loss_r1'...'loss_r5', None where absent) and the preference
-    score ('pref'), with the model used as sample.py uses it: prefix (condition mode: <|rating_5|>, <|prompt|>)
+    score, overall ('pref') and per pair of ratings ('pref_by_pair'), with the model used as sample.py uses it: prefix (condition mode: <|rating_5|>, <|prompt|>)
     replaces every example's own, so each response is scored as an answer at the top rating."""
     was_training = model.training
     model.eval()
@@ -347,7 +357,8 @@ def evaluate(model, examples, max_seq_len, pad_id, device, batch_size, autocast=
     for r in range(1, 6):
         rows = [i for i, e in enumerate(examples) if e.rating == r]
         result[f"loss_r{r}"] = -sum(logprobs[i] for i in rows) / sum(counts[i] for i in rows) if rows else None
-    result["pref"] = preference_score([(e.prompt, e.rating, lp / n) for e, lp, n in zip(examples, logprobs, counts)])
+    result["pref"], result["pref_by_pair"] = preference_score(
+        [(e.prompt, e.rating, lp / n) for e, lp, n in zip(examples, logprobs, counts)])
     return result
 
 
@@ -427,7 +438,7 @@ def write_checkpoint():
         shutil.copyfile(tokenizer_path, tokenizer_out + ".tmp")
         os.replace(tokenizer_out + ".tmp", tokenizer_out)
     checkpoint = {
-        "kind": "finetune", "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
+        "kind": "finetune", "model": model.state_dict(), "optimizer": optimizer.state_dict(),
         "model_config": dataclasses.asdict(model_config), "config": settings, "iter_num": iter_num,
         "best_val_loss": best_val_loss, "tokenizer_path": "tokenizer.json", "tokenizer_sha256": tokenizer_sha,
         "rng": rng_state(), "rating_mode": rating_mode, "template": template, "base_checkpoint": base_path,
@@ -601,9 +612,8 @@ if __name__ == "__main__":
     start_iter = iter_num
     last_saved_iter = iter_num if init_from == "resume" else None  # for the message if the loss turns non-finite
     os.makedirs(out_dir, exist_ok=True)
-    raw_model = model  # checkpoints hold the plain module's weights, never a compiled wrapper's
-    if compile:
-        model = torch.compile(model)
+    if compile:  # the body, on batches padded to one shape; the head runs on however many targets a batch has
+        model.hidden_states = torch.compile(model.hidden_states)
 
     # Ctrl-C finishes the current step, saves and exits; a second Ctrl-C stops at once
     stop_requested = False
@@ -629,7 +639,9 @@ if __name__ == "__main__":
                 log_evaluation({"iter": iter_num, "epoch": f"{iter_num * batch_size / len(train_examples):.2f}",
                                 "train_loss": fmt(train_loss),
                                 **{f"val_loss_r{r}": fmt(metrics[f"loss_r{r}"]) for r in range(1, 6)},
-                                "pref_score": fmt(metrics["pref"], 3), "lr": f"{lr_at(max(iter_num - 1, 0), total_iters):.3e}",
+                                "pref_score": fmt(metrics["pref"], 3),
+                                "pref_by_pair": " ".join(f"{k}={v:.3f}" for k, v in metrics["pref_by_pair"].items()),
+                                "lr": f"{lr_at(max(iter_num - 1, 0), total_iters):.3e}",
                                 "elapsed_s": f"{time.time() - run_start:.1f}"})
                 progress.write(f"iter {iter_num}: val response loss by rating "
                                f"{' '.join(fmt(metrics[f'loss_r{r}'], 3) or '-' for r in range(1, 6))}, "

@@ -1665,14 +1665,31 @@ def test_finetune_preference_score_counts_higher_rated_pairs():
     scored = [("p", 5, -1.0), ("p", 3, -2.0), ("p", 1, -0.5),  # 5>3 right, 5>1 wrong, 3>1 wrong
               ("q", 4, -1.0), ("q", 2, -1.0),                   # a tie counts half
               ("r", 5, -3.0)]                                   # one response: no pair
-    assert finetune.preference_score(scored) == pytest.approx((1 + 0 + 0 + 0.5) / 4)
-    assert finetune.preference_score([("r", 5, -3.0)]) is None
+    score, by_pair = finetune.preference_score(scored)
+    assert score == pytest.approx((1 + 0 + 0 + 0.5) / 4)
+    assert by_pair == {"5>3": 1.0, "5>1": 0.0, "4>2": 0.5, "3>1": 0.0}
+    assert list(by_pair) == ["5>3", "5>1", "4>2", "3>1"]  # the order log.csv lists them in
+    assert finetune.preference_score([("r", 5, -3.0)]) == (None, {})
 
 
 def test_finetune_batches_cover_each_epoch_and_depend_only_on_the_iteration():
     seen = [i for it in range(5) for i in finetune.batch_indices(it, 10, 4, seed=1)]
     assert sorted(seen[:10]) == list(range(10)) and sorted(seen[10:20]) == list(range(10))
     assert finetune.batch_indices(3, 10, 4, seed=1) == seen[12:16]
+
+
+def test_finetune_sequence_logprobs_equal_the_whole_logits_however_the_head_is_cut(monkeypatch):
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=300, d_model=32, n_heads=2, n_layers=2, d_ff=64, max_seq_len=16))
+    x, y = torch.randint(0, 300, (5, 16)), torch.randint(0, 300, (5, 16))
+    y[:, :6] = -1  # prompts
+    y[2, 9:] = -1  # padding
+    logits, _ = model(x)
+    expected = -F.cross_entropy(logits.transpose(1, 2), y, ignore_index=-1, reduction="none").sum(dim=1)
+    for elements in (1 << 22, 300 * 7, 1):  # one piece; pieces of 7 positions; one position at a time
+        monkeypatch.setattr(finetune, "HEAD_ELEMENTS", elements)
+        logprobs, n_tokens = finetune.sequence_logprobs(model, x, y)
+        assert torch.allclose(logprobs, expected, rtol=1e-5) and n_tokens.tolist() == [10, 10, 3, 10, 10]
 
 
 def test_finetune_a_tiny_finetune_lowers_the_response_loss(tmp_path, ft_tokenizer):
@@ -1834,9 +1851,30 @@ def test_finetune_script_logs_saves_and_resumes_bit_identically(tmp_path, ft_tok
     with open(tmp_path / "a" / "log.csv") as f:
         log = list(csv.DictReader(f))
     assert [r["iter"] for r in log] == ["0", "4", "8"] and all(0 <= float(r["pref_score"]) <= 1 for r in log)
+    assert all(re.fullmatch(r"([1-5]>[1-5]=[01]\.\d{3} ?)+", r["pref_by_pair"]) for r in log)
     assert os.path.exists(tmp_path / "a" / "tokenizer.json")
     with open(tmp_path / "out" / "ckpt.pt", "rb") as f:
         assert f.read() == pretrained  # the pretrained run is never written to
+
+
+def test_finetune_compiled_trains_like_eager_and_saves_the_plain_modules_weights(tmp_path, ft_tokenizer):
+    """compile=True compiles the transformer body on padded batches (condition mode: rows, contrasts and rivals in
+    one batch); its held-out losses match the eager run's and its checkpoint loads strictly into a plain GPT."""
+    pretrained_run(tmp_path / "out", ft_tokenizer)
+    write_csv(tmp_path / "d.csv", ft_rows())
+    common = dict(rating_mode="condition", dtype="float32", max_iters=4, eval_interval=2)
+    run_finetune(ft_args(tmp_path, "eager", **common))
+    run_finetune(ft_args(tmp_path, "compiled", **common, compile=True))
+    logs = {}
+    for run in ("eager", "compiled"):
+        with open(tmp_path / run / "log.csv") as f:
+            logs[run] = list(csv.DictReader(f))
+    assert [r["iter"] for r in logs["compiled"]] == ["0", "2", "4"]
+    for a, b in zip(logs["eager"], logs["compiled"]):  # fused kernels round differently, so close rather than equal
+        losses = [(a[f"val_loss_r{r}"], b[f"val_loss_r{r}"]) for r in range(1, 6) if a[f"val_loss_r{r}"]]
+        assert len(losses) >= 2 and all(float(lb) == pytest.approx(float(la), rel=1e-3) for la, lb in losses)
+    checkpoint = load_checkpoint(tmp_path / "compiled" / "ckpt.pt")
+    GPT(GPTConfig(**checkpoint["model_config"])).load_state_dict(checkpoint["model"])  # strict
 
 
 def test_finetune_impossible_optimizer_dropout_or_contrast_settings_are_one_sentence_before_any_work(tmp_path):
