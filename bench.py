@@ -508,7 +508,7 @@ def bench_finetune(modes="weight,filter,condition,kto", seeds="1337,1,2", pretra
                      f"({min(float(r['last']['pref_score']) for r in runs):.2f}-"
                      f"{max(float(r['last']['pref_score']) for r in runs):.2f})",
                      f"{mean(r['wall'] for r in runs):.0f} s", f"{mean(r['cpu'] for r in runs):.0f} s"))
-        pretrained = "pretrained, under the top rating token (as condition scores)" if mode == "condition" else "pretrained"
+        pretrained = "pretrained, under the top rating token" if mode == "condition" else "pretrained"
         before.setdefault(pretrained, [r["first"]["pref_by_pair"] for r in runs])
         after[name] = [r["last"]["pref_by_pair"] for r in runs]
     print_table(f"fine-tuning on data/fine_tune_data.csv with {config}: held-out prompts, means over seeds {seeds} "

@@ -341,8 +341,9 @@ def preference_score(scored):
 def evaluate(model, examples, max_seq_len, pad_id, device, batch_size, autocast=nullcontext(), prefix=None,
              pad_to=None):
     """Mean response loss per token for each rating ('loss_r1'...'loss_r5', None where absent) and the preference
-    score, overall ('pref') and per pair of ratings ('pref_by_pair'), with the model used as sample.py uses it: prefix (condition mode: <|rating_5|>, <|prompt|>)
-    replaces every example's own, so each response is scored as an answer at the top rating."""
+    score, overall ('pref') and per pair of ratings ('pref_by_pair'), with the model used as sample.py uses it:
+    prefix (condition mode: <|rating_5|>, <|prompt|>) replaces every example's own, so each response is scored as
+    an answer at the top rating."""
     was_training = model.training
     model.eval()
     logprobs, counts = [], []

@@ -561,7 +561,8 @@ def test_tokenizer_command_line_mistakes_are_one_sentence_before_any_training(tm
     text.write_text("hello world\n")
     files = [str(tmp_path)] if args == ["DIRECTORY"] else [str(text)]
     args = [a.replace("TEXT", str(text)).replace("FOLDER", str(tmp_path)) for a in args if a != "DIRECTORY"]
-    result = subprocess.run([sys.executable, os.path.join(REPO, "bpe.py"), *files, *args], capture_output=True, text=True)
+    result = subprocess.run([sys.executable, os.path.join(REPO, "bpe.py"), *files, *args], capture_output=True,
+                            text=True)
     assert result.returncode == 1 and message in result.stderr and "Traceback" not in result.stderr
     assert text.read_text() == "hello world\n" and sorted(os.listdir(tmp_path)) == ["text.txt"]  # nothing written
 
@@ -1281,8 +1282,10 @@ def test_pretrain_compiled_trains_like_eager_and_saves_the_plain_modules_weights
     corpus = tmp_path / "corpus.txt"
     make_corpus(corpus, n_words=4000)
     common = dict(max_iters=6, eval_interval=3, eval_iters=2, cache_dir=tmp_path / "cache", dtype="float32")
-    run_script("pretrain.py", tiny_args(tmp_path / "eager", corpus, **common))
-    run_script("pretrain.py", tiny_args(tmp_path / "compiled", corpus, **common, compile=True))
+    traced = {**os.environ, "TORCH_LOGS": "graph_code"}  # torch prints each graph it compiles
+    for name, compile_ in (("eager", False), ("compiled", True)):
+        result = run_script("pretrain.py", tiny_args(tmp_path / name, corpus, **common, compile=compile_), env=traced)
+        assert ("TRACED GRAPH" in result.stderr) == compile_
     eager, compiled = read_log(tmp_path / "eager" / "out"), read_log(tmp_path / "compiled" / "out")
     assert [r["iter"] for r in compiled] == ["0", "3", "6"]
     for a, b in zip(eager, compiled):  # fused kernels round differently, so close rather than equal
@@ -1815,9 +1818,9 @@ def test_finetune_refuses_another_tokenizer_and_the_pretrained_out_dir(tmp_path,
 
 # ---- finetune.py end to end ---------------------------------------------------------------------------
 
-def run_finetune(args, check=True):
+def run_finetune(args, check=True, env=None):
     result = subprocess.run([sys.executable, os.path.join(REPO, "finetune.py"), *args], capture_output=True,
-                            text=True, cwd=REPO, timeout=300)
+                            text=True, cwd=REPO, timeout=300, env=env and {**os.environ, **env})
     if check and result.returncode != 0:
         raise AssertionError(f"finetune.py failed:\n{result.stdout}\n{result.stderr}")
     return result
@@ -1863,8 +1866,9 @@ def test_finetune_compiled_trains_like_eager_and_saves_the_plain_modules_weights
     pretrained_run(tmp_path / "out", ft_tokenizer)
     write_csv(tmp_path / "d.csv", ft_rows())
     common = dict(rating_mode="condition", dtype="float32", max_iters=4, eval_interval=2)
-    run_finetune(ft_args(tmp_path, "eager", **common))
-    run_finetune(ft_args(tmp_path, "compiled", **common, compile=True))
+    for name, compile_ in (("eager", False), ("compiled", True)):  # torch prints each graph it compiles
+        result = run_finetune(ft_args(tmp_path, name, **common, compile=compile_), env={"TORCH_LOGS": "graph_code"})
+        assert ("TRACED GRAPH" in result.stderr) == compile_
     logs = {}
     for run in ("eager", "compiled"):
         with open(tmp_path / run / "log.csv") as f:
