@@ -47,7 +47,7 @@ SPLIT_PATTERN = "|".join([
 # The same pattern for ASCII text, with \w \d \s and letters spelled out as ASCII classes, which re tests
 # with a bitmap instead of Unicode lookups (a split almost twice as fast). On ASCII characters Unicode \s is
 # [\t-\r\x1c- ] (\x1c-\x1f are whitespace to Python), and (?:[^\s\w]|_) is what is neither whitespace nor
-# a letter or digit. _tests_bpe.py checks that both patterns give the same chunks.
+# a letter or digit. test_all.py checks that both patterns give the same chunks.
 _ASCII_SPLIT_PATTERN = "|".join([
     r"'(?i:[sdmt]|ll|ve|re)",
     r"[^\r\n0-9A-Za-z_]?[A-Za-z]+",
