@@ -5,7 +5,7 @@ bench.py: speed, memory and quality measurements, one section per command-line a
     python bench.py train                                  # training tokens/s and MFU against the measured peak
     python bench.py nanogpt [--path=../nanoGPT]            # our training step against nanoGPT's (clone it first)
     python bench.py bf16                                   # float32 against bfloat16 autocast on CPU
-    python bench.py allocator [--runs=3] [--iters=500]     # what keep_freed_memory saves in pretrain.py
+    python bench.py allocator [--batch_size=8] [--runs=3]  # what keep_freed_memory saves in pretrain.py
     python bench.py sample                                 # generation with and without the KV cache
     python bench.py memory                                 # peak resident memory of training and sampling
     python bench.py quality [--seconds=75]                 # bits per byte after a fixed training time
@@ -362,13 +362,16 @@ runpy.run_path("pretrain.py", run_name="__main__")
 """
 
 
-def bench_allocator(runs=3, iters=500):
-    """pretrain.py config/small.py for iters steps, with and without keep_freed_memory, alternating: wall time and
-    system CPU time of the whole process (start-up, about 3 s, included)."""
-    rows = [(f"pretrain.py config/small.py --max_iters={iters}", "wall time", "system CPU time")]
+def bench_allocator(runs=3, iters=500, batch_size=8):
+    """pretrain.py config/small.py for iters steps of batch_size sequences (the config's is 8), with and without
+    keep_freed_memory, alternating: wall time and system CPU time of the whole process (start-up, about 3 s,
+    included)."""
+    rows = [(f"pretrain.py config/small.py --max_iters={iters} --batch_size={batch_size}", "wall time",
+             "system CPU time")]
     ways = [("glibc default", ["-c", UNKEPT_PRETRAIN]), ("keep_freed_memory (the default)", ["pretrain.py"])]
     with tempfile.TemporaryDirectory() as out_dir:
-        args = ["config/small.py", f"--max_iters={iters}", "--eval_interval=100000", f"--out_dir={out_dir}"]
+        args = ["config/small.py", f"--max_iters={iters}", "--eval_interval=100000", f"--out_dir={out_dir}",
+                f"--batch_size={batch_size}"]
         run_timed(["pretrain.py", *args[:1], "--max_iters=1", *args[2:]])  # untimed: builds the corpus and caches
         results = {label: [] for label, _ in ways}
         for k in range(int(runs)):

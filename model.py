@@ -435,8 +435,9 @@ def pick_dtype(name, device):
 def keep_freed_memory():
     """Make CPU training faster on 64-bit Linux. Every step frees its activations and allocates the same sizes
     again; glibc gives large freed blocks back to the kernel, and the next step page-faults them in again, zeroed
-    (8-18% of the time of config/small.py: README, Benchmarks). Keep them for reuse instead. Returns whether it
-    applied: False, having changed nothing, with another C library or on a 32-bit system."""
+    (8-18% of the time of config/small.py, 44% with --batch_size=32: README, Benchmarks). Keep them for
+    reuse instead. Returns whether it applied: False, having changed nothing, with another C library or on a
+    32-bit system."""
     try:
         is_glibc = bool(os.confstr("CS_GNU_LIBC_VERSION"))  # only glibc answers this; Windows has no confstr
         mallopt = getattr(ctypes.CDLL(None), "mallopt", None) if is_glibc else None
@@ -444,7 +445,8 @@ def keep_freed_memory():
         return False
     if mallopt is None or ctypes.sizeof(ctypes.c_void_p) != 8:
         return False
-    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # from glibc's malloc.h
-    # blocks up to 32 MiB (the most glibc allows on 64-bit) come from the heap, which is then not shrunk while
-    # less than 1 GiB of it is free; the second alone is worse than neither (README), so it only follows the first
-    return bool(mallopt(M_MMAP_THRESHOLD, 32 * 2**20) and mallopt(M_TRIM_THRESHOLD, 2**30))
+    M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # from glibc's malloc.h
+    # every block comes from the heap, never from mmap (a threshold could keep only blocks up to 32 MiB there, and a
+    # batch of 32 makes larger logits), and the heap is not shrunk while less than 1 GiB of it is free; the second
+    # alone is worse than neither (README), so it only follows the first
+    return bool(mallopt(M_MMAP_MAX, 0) and mallopt(M_TRIM_THRESHOLD, 2**30))
