@@ -257,14 +257,15 @@ def collate(pairs, pad_id, device, pad_to=None):
 def sequence_logprobs(model, x, y):
     """Per example: the summed log-probability of its target tokens (B,) and how many there are (B,). Only the
     positions with a target go through the head, a few hundred at a time: the prompt and the padding need no
-    logits, and pieces under glibc's 32 MiB mmap threshold are reused from step to step, where a whole (B, T, V)
-    tensor would be mapped and zeroed afresh every time (README, Benchmarks: 2.6x faster in condition mode)."""
-    rows, cols = (y != -1).nonzero(as_tuple=True)
+    logits, and (B, T, V) logits at once would be the largest tensor of a step (README, Benchmarks: 2.6x faster
+    in condition mode)."""
+    has_target = y != -1
+    rows, cols = has_target.nonzero(as_tuple=True)
     hidden, targets = model.hidden_states(x)[rows, cols], y[rows, cols]  # (N, C), (N,)
     step = max(1, HEAD_ELEMENTS // model.config.vocab_size)
     logprobs = torch.cat([-F.cross_entropy(model.lm_head(hidden[i:i + step]).float(), targets[i:i + step],
                                            reduction="none") for i in range(0, len(targets), step)])
-    return torch.zeros(len(y), device=y.device).index_add(0, rows, logprobs), (y != -1).sum(dim=1)
+    return torch.zeros(len(y), device=y.device).index_add(0, rows, logprobs), has_target.sum(dim=1)
 
 
 def weighted_loss(logprobs, n_tokens, weights):
