@@ -1,8 +1,9 @@
 """
 A GPT language model, all of it in this one file, meant to be read from top to bottom:
 GPTConfig -> TokenEmbedding -> SinusoidalPositions -> LayerNorm -> CausalSelfAttention -> MLP -> Block -> GPT,
-then sampling, checkpoints, the device and dtype to train in, a peak-FLOPs probe and an allocator setting for
-CPU training. It imports only torch and the standard library.
+then sampling, checkpoints, the device and dtype to train in, a peak-FLOPs probe, an allocator setting for
+CPU training, and last walk_through: `python model.py` takes a few bytes through every component above and
+prints what each does. It imports only torch and the standard library.
 
 Shapes in comments: B batch, T sequence length, C = d_model, H heads, D = C // H head size, V vocabulary.
 """
@@ -450,3 +451,74 @@ def keep_freed_memory():
     # batch of 32 makes larger logits), and the heap is not shrunk while less than 1 GiB of it is free; the second
     # alone is worse than neither (README), so it only follows the first
     return bool(mallopt(M_MMAP_MAX, 0) and mallopt(M_TRIM_THRESHOLD, 2**30))
+
+
+def walk_through(config, text):
+    """Print what each component does to the bytes of text, in this file's reading order (python model.py)."""
+    torch.manual_seed(0)
+    model = GPT(config).eval()
+    show = lambda t, fmt="+.3f": " ".join(f"{v:{fmt}}" for v in t.tolist())  # a row of numbers, aligned
+    print(f"An untrained {config}\n")
+
+    idx = torch.tensor([list(text.encode("utf-8"))])  # (1, T): bytes as made-up token ids, no tokenizer needed
+    B, T = idx.shape
+    emb = model.tok_emb(idx)
+    print(f"TokenEmbedding: {text!r} as {T} ids {idx[0].tolist()}\n  ids {tuple(idx.shape)} -> embeddings "
+          f"{tuple(emb.shape)}: one learned row of {config.d_model} numbers per id\n")
+
+    print(f"SinusoidalPositions: a fixed ({config.max_seq_len}, {config.d_model}) table times {model.pos_enc.scale}; "
+          f"channels 0-3 (sin, cos, sin, cos) of positions 0-3:")
+    for p, row in enumerate(model.pos_enc(0, 4)[:, :4]):
+        print(f"  position {p}: {show(row)}")
+
+    x = emb + model.pos_enc(0, T)  # (B, T, C): what the first block reads
+    ln = model.blocks[0].ln1
+    print(f"\nLayerNorm (block 0's ln1) over the {config.d_model} channels of the first 4 positions:")
+    for name, rows in (("before", x[0, :4]), ("after", ln(x)[0, :4])):
+        print(f"  {name:<6}  mean {show(rows.mean(-1))}   variance {show(rows.var(-1, unbiased=False), '.3f')}")
+
+    n = min(T, 6)
+    print(f"\ncausal_mask({n}, {n}): row i is a query, column j a key; 1 where query i may look at key j")
+    for row in causal_mask(n, n).int():
+        print("  " + " ".join(map(str, row.tolist())))
+
+    attn, H, D = model.blocks[0].attn, config.n_heads, config.d_model // config.n_heads
+    q, k, v = attn.qkv(ln(x)).view(B, T, 3, H, D).permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, T, D)
+    weights = F.softmax((q @ k.transpose(-2, -1) / math.sqrt(D)).masked_fill(~causal_mask(T, T), float("-inf")), -1)
+    same = torch.allclose(attn.proj((weights @ v).transpose(1, 2).reshape(B, T, -1)), attn(ln(x)), atol=1e-6)
+    print(f"\nCausalSelfAttention, block 0, head 0 of {H}: softmax(q kᵀ / √{D}) over the keys it may see, "
+          f"first {n} positions\n(untrained, so nearly even over the past):")
+    for row in weights[0, 0, :n, :n]:
+        print("  " + show(row, ".2f"))
+    print(f"  all {T} rows sum to 1: {torch.allclose(weights.sum(-1), torch.ones(1))}; "
+          f"largest weight above the diagonal: {weights.triu(1).max().item():.1f}\n"
+          f"  weights @ v, heads joined, through proj = CausalSelfAttention's output: {same}")
+
+    mlp = model.blocks[0].mlp
+    print(f"\nMLP: {tuple(x.shape)} -> fc -> {tuple(mlp.fc(x).shape)} -> GELU -> proj -> {tuple(mlp(x).shape)}")
+
+    print("\nBlock: x = x + attn(ln1(x)), then x = x + mlp(ln2(x)); the residual stream keeps its shape:")
+    print(f"  {'embeddings + positions':<22} {tuple(x.shape)}")
+    for i, block in enumerate(model.blocks):
+        x = block(x)
+        print(f"  {f'after block {i}':<22} {tuple(x.shape)}")
+
+    logits, loss = model(idx[:, :-1], idx[:, 1:])  # each position predicts the next byte
+    print(f"\nGPT.forward: positions 0-{T - 2} predict bytes 1-{T - 1}: logits {tuple(logits.shape)}, a score for "
+          f"each of the {config.vocab_size} ids at each position\n  loss {loss.item():.3f}; an untrained model "
+          f"guesses about evenly: ln({config.vocab_size}) = {math.log(config.vocab_size):.3f}")
+
+    parts = {"tok_emb (tied: also lm_head)": "tok_emb.", "attention": ".attn.", "MLP": ".mlp.",
+             "LayerNorms in blocks": ".ln", "ln_f": "ln_f."}
+    counts = dict.fromkeys(parts, 0)
+    for name, p in model.named_parameters():  # a shared tensor is listed once, under its first name
+        counts[next(part for part, key in parts.items() if key in name)] += p.numel()
+    print("\nParameters (the positional table is a buffer, not learned):")
+    for part, count in counts.items():
+        print(f"  {part:<28} {count:>8,}")
+    print(f"  {'total = GPT.num_params()':<28} {model.num_params():>8,}")
+
+
+if __name__ == "__main__":
+    walk_through(GPTConfig(vocab_size=256, d_model=32, n_heads=4, n_layers=2, d_ff=128, max_seq_len=16),
+                 "hello, world")

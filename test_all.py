@@ -768,6 +768,17 @@ def test_model_counts_and_mfu():
     assert measure_peak_flops("cpu") > 1e8
 
 
+def test_model_walk_through_prints_the_models_own_numbers():
+    out = subprocess.run([sys.executable, "model.py"], cwd=REPO, capture_output=True, text=True, check=True,
+                         timeout=60).stdout
+    config = eval(out.splitlines()[0].removeprefix("An untrained "), {"GPTConfig": GPTConfig})  # the config it used
+    counts = [int(n.replace(",", "")) for n in re.findall(r"^  .*? +([\d,]+)$", out.split("Parameters")[1], re.M)]
+    assert sum(counts[:-1]) == counts[-1] == GPT(config).num_params()  # the parts add up; the tied head counts once
+    loss = float(re.search(r"loss (\d+\.\d+)", out)[1])
+    assert abs(loss - math.log(config.vocab_size)) < 0.1
+    assert "  1 1 0 0 0 0\n" in out and "rows sum to 1: True" in out and "CausalSelfAttention's output: True" in out
+
+
 def test_measuring_the_peak_leaves_the_global_rng_alone():
     state = torch.get_rng_state()
     measure_peak_flops("cpu")
