@@ -14,8 +14,8 @@ bench.py: speed, memory and quality measurements, one section per command-line a
 
 Times are medians of repeated runs; MB means 10^6 bytes of UTF-8 text. Like pretrain.py on CPU, this process
 keeps freed memory (model.keep_freed_memory); the allocator section compares pretrain.py with and without.
-The data for the tokenizer and quality sections is ../shared/data/tinyshakespeare.txt unless --data says
-otherwise.
+The tokenizer and quality sections read data/tinyshakespeare.txt (download it from TINYSHAKESPEARE_URL below)
+unless --data names another file. NOTES.md holds the figures these sections gave.
 """
 
 import csv
@@ -34,7 +34,8 @@ import torch
 from model import GPT, GPTConfig, keep_freed_memory, measure_peak_flops, pick_dtype
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-DATA = os.path.join(HERE, "..", "shared", "data", "tinyshakespeare.txt")
+DATA = os.path.join(HERE, "data", "tinyshakespeare.txt")
+TINYSHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 
 
 def median_time(fn, runs, setup=None):
@@ -189,7 +190,7 @@ def bench_quality(data=DATA, seconds=75, vocab_size=6144, learning_rate=5e-3, ba
 # nanoGPT's CPU shape (shakespeare_char on a laptop) and nanoGPT's shakespeare_char GPU shape with a smaller batch
 SMALL = dict(vocab_size=65, d_model=128, n_heads=4, n_layers=4, d_ff=512, max_seq_len=64, dropout=0.0)
 WIDER = dict(vocab_size=65, d_model=384, n_heads=6, n_layers=6, d_ff=1536, max_seq_len=256, dropout=0.0)
-# the README's main command, read from config/small.py (its vocabulary of thousands makes the logits the largest tensor)
+# the default run's model, read from config/small.py (its vocabulary of thousands makes the logits the largest tensor)
 _small = runpy.run_path(os.path.join(HERE, "config", "small.py"))
 CONFIG_SMALL = {k: _small[k] for k in ("vocab_size", "d_model", "n_heads", "n_layers", "d_ff", "max_seq_len", "dropout",
                                        "bias")}
@@ -537,7 +538,7 @@ if __name__ == "__main__":
         sys.exit(f"usage: python bench.py {{{','.join(SECTIONS)}}} [--name=value ...] (see the top of bench.py)")
     data = opts.get("data", DATA)
     if {"tokenizer", "quality"} & set(names) and not os.path.isfile(data):
-        sys.exit(f"no text file at {data}; put tinyshakespeare.txt there or pass --data=PATH")
+        sys.exit(f"no text file at {data}; download {TINYSHAKESPEARE_URL} to it, or pass --data=PATH")
     keep_freed_memory()  # as pretrain.py does on CPU, for every section alike
     for name in names:
         SECTIONS[name](**opts)
