@@ -71,8 +71,8 @@ _NO_TOKENS = repeat(_NO_TOKEN)  # an endless default for map(dict.get, keys, _NO
 _BULK_MERGES = 64  # see _encode_chunks
 _U32 = next(c for c in "IL" if array.array(c).itemsize == 4)  # array typecode of a 32-bit id
 _UTF32 = "utf-32-le" if sys.byteorder == "little" else "utf-32-be"
-# _PAIRS[n](w) is the tuple of the n - 1 adjacent pairs of a token string w of length n, cut by one C call (2.5x
-# faster than map(add, w, w[1:])); it takes at least 2 slices, as itemgetter of one would not return a tuple.
+# _PAIRS[n](w) is the tuple of the n - 1 adjacent pairs of a token string w of length n, cut by one C call (the
+# fastest way in NOTES.md, Tokenizer); it takes at least 2 slices, as itemgetter of one would not return a tuple.
 _PAIRS = [itemgetter(*[slice(i, i + 2) for i in range(max(n - 1, 2))]) for n in range(64)]
 
 # -----------------------------------------------------------------------------
@@ -226,7 +226,7 @@ class Tokenizer:
         # Fast path: a chunk whose bytes are one token is that token, as long as BPE on those bytes
         # really ends there. Every token learned by train() does: the pair it merged was found inside
         # a chunk, and no merge before it crossed the pair's edges there, so the bytes alone merge the
-        # same way. A merge list from elsewhere need not, so it is checked (about 25 ms per 4096 merges).
+        # same way. A merge list from elsewhere need not, so it is checked.
         words = [vocab[i].decode("latin-1") for i in range(256, n)]
         ends = map(chr, range(256, n)) if _trained else self._bpe(words)
         self._whole = {w: e for w, e in zip(words, ends) if len(e) == 1}  # token bytes as latin-1 -> token
@@ -370,8 +370,8 @@ class Tokenizer:
         """The tokens of each chunk, as strs of token characters. The first merges are needed by most
         chunks, so they are applied to all chunks at once, one str.replace each on the chunks joined;
         applying merges in rank order is the same as lowest-ranked-first, as a merge can only create
-        pairs of a later rank. Each chunk then finishes alone. (On a cold tinyshakespeare, 64 bulk
-        merges take a fifth off the BPE time; more cost more in scanning than they save.)
+        pairs of a later rank. Each chunk then finishes alone; past _BULK_MERGES merges, scanning all the
+        chunks costs more than it saves (NOTES.md, Tokenizer).
         A chunk that BPE makes one token is caught by the fast path, so the others stop at 2 tokens."""
         whole = self._whole
         words = [c if c.isascii() else c.encode("utf-8").decode("latin-1") for c in chunks]  # one character per byte

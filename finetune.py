@@ -257,8 +257,7 @@ def collate(pairs, pad_id, device, pad_to=None):
 def sequence_logprobs(model, x, y):
     """Per example: the summed log-probability of its target tokens (B,) and how many there are (B,). Only the
     positions with a target go through the head, a few hundred at a time: the prompt and the padding need no
-    logits, and (B, T, V) logits at once would be the largest tensor of a step (README, Benchmarks: 2.6x faster
-    in condition mode)."""
+    logits, and (B, T, V) logits at once would be the largest tensor of a step (NOTES.md, Fine-tuning)."""
     has_target = y != -1
     rows, cols = has_target.nonzero(as_tuple=True)
     hidden, targets = model.hidden_states(x)[rows, cols], y[rows, cols]  # (N, C), (N,)

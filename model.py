@@ -66,9 +66,7 @@ class SinusoidalPositions(nn.Module):
     sin(p / 10000^(2i/C)) and cos(p / 10000^(2i/C)). Nothing is learned, so it is a buffer, not a parameter.
 
     It is added to token embeddings that start at std 0.02; at full amplitude (1) it would drown them and the
-    model learns slowly. Validation loss on tinyshakespeare characters after 800 steps at nanoGPT's CPU shape:
-    2.79 nats/char at scale 1, 2.46 at 0.3, 2.04 at 0.1, 2.14 at 0.03 (learned positions: 2.07). So forward()
-    returns it times scale."""
+    model learns slowly, so forward() returns it times scale (0.1 learned best: NOTES.md, Model settings)."""
 
     def __init__(self, max_seq_len, d_model, scale=0.1):
         super().__init__()
@@ -162,8 +160,8 @@ class CausalSelfAttention(nn.Module):
             args = dict(attn_mask=mask, is_causal=mask is None and T > 1,
                         dropout_p=self.dropout if self.training else 0.0)
             if q.dtype == torch.bfloat16 and q.device.type == "cpu":
-                # torch's CPU attention kernel is about 3x slower in bfloat16 than in float32 (its backward above all:
-                # README, Benchmarks), so it runs in float32, with autocast off, which would cast it back
+                # torch's CPU attention kernel is much slower in bfloat16 than in float32 (NOTES.md, bfloat16 on
+                # CPU), so it runs in float32, with autocast off, which would cast it back
                 with torch.autocast("cpu", enabled=False):
                     y = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), **args).bfloat16()
             else:
@@ -187,7 +185,7 @@ class MLP(nn.Module):
         self.drop = nn.Dropout(config.dropout)
 
     def forward(self, x):
-        # the exact (erf) GELU; GPT-2 used the tanh approximation, which is 2x slower forward and backward on CPU
+        # the exact (erf) GELU; GPT-2's tanh approximation is slower on CPU (NOTES.md, Training speed)
         return self.drop(self.proj(F.gelu(self.fc(x))))
 
 
@@ -421,8 +419,8 @@ def measure_peak_flops(device="cpu", dtype=torch.float32):
 
 def pick_dtype(name, device):
     """'auto' picks bfloat16 where the device multiplies it natively, float32 elsewhere: a CUDA GPU that supports
-    it, or a CPU with AVX512-BF16 or AMX, where bfloat16 matmuls run 2-3x as fast as float32's (without them, about
-    half as fast: README, Benchmarks). Any other name is returned as it is."""
+    it, or a CPU with AVX512-BF16 or AMX, where bfloat16 matmuls outrun float32's (without them they are slower:
+    NOTES.md, bfloat16 on CPU). Any other name is returned as it is."""
     if name != "auto":
         return name
     kind = torch.device(device).type
@@ -436,9 +434,8 @@ def pick_dtype(name, device):
 def keep_freed_memory():
     """Make CPU training faster on 64-bit Linux. Every step frees its activations and allocates the same sizes
     again; glibc gives large freed blocks back to the kernel, and the next step page-faults them in again, zeroed
-    (8-18% of the time of config/small.py, 44% with --batch_size=32: README, Benchmarks). Keep them for
-    reuse instead. Returns whether it applied: False, having changed nothing, with another C library or on a
-    32-bit system."""
+    (NOTES.md, Allocator). Keep them for reuse instead. Returns whether it applied: False, having changed
+    nothing, with another C library or on a 32-bit system."""
     try:
         is_glibc = bool(os.confstr("CS_GNU_LIBC_VERSION"))  # only glibc answers this; Windows has no confstr
         mallopt = getattr(ctypes.CDLL(None), "mallopt", None) if is_glibc else None
@@ -447,9 +444,9 @@ def keep_freed_memory():
     if mallopt is None or ctypes.sizeof(ctypes.c_void_p) != 8:
         return False
     M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # from glibc's malloc.h
-    # every block comes from the heap, never from mmap (a threshold could keep only blocks up to 32 MiB there, and a
-    # batch of 32 makes larger logits), and the heap is not shrunk while less than 1 GiB of it is free; the second
-    # alone is worse than neither (README), so it only follows the first
+    # every block comes from the heap, never from mmap (glibc's mmap threshold stops at 32 MiB, below a large
+    # batch's logits), and the heap is not shrunk while less than 1 GiB of it is free; the second alone is worse
+    # than neither (NOTES.md, Allocator), so it only follows the first
     return bool(mallopt(M_MMAP_MAX, 0) and mallopt(M_TRIM_THRESHOLD, 2**30))
 
 
