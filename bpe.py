@@ -71,8 +71,8 @@ _NO_TOKENS = repeat(_NO_TOKEN)  # an endless default for map(dict.get, keys, _NO
 _BULK_MERGES = 64  # see _encode_chunks
 _U32 = next(c for c in "IL" if array.array(c).itemsize == 4)  # array typecode of a 32-bit id
 _UTF32 = "utf-32-le" if sys.byteorder == "little" else "utf-32-be"
-# _PAIRS[n](w) is the tuple of the n - 1 adjacent pairs of a token string w of length n, cut by one C call (the
-# fastest way in NOTES.md, Tokenizer); it takes at least 2 slices, as itemgetter of one would not return a tuple.
+# _PAIRS[n](w) is the tuple of the n - 1 adjacent pairs of a token string w of length n, cut by one C call (faster
+# than slicing in Python: NOTES.md, Tokenizer); it takes at least 2 slices, as itemgetter of one returns no tuple.
 _PAIRS = [itemgetter(*[slice(i, i + 2) for i in range(max(n - 1, 2))]) for n in range(64)]
 
 # -----------------------------------------------------------------------------
