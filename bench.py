@@ -8,7 +8,10 @@ bench.py: speed, memory and quality measurements, one section per command-line a
     python bench.py allocator [--batch_size=8] [--runs=3]  # what keep_freed_memory saves in pretrain.py
     python bench.py sample                                 # generation with and without the KV cache
     python bench.py memory                                 # peak resident memory of training and sampling
-    python bench.py quality [--seconds=75]                 # bits per byte after a fixed training time
+    python bench.py quality [--seconds=75]                 # tinyshakespeare: bits per byte after a fixed training time
+    python bench.py pretrain [--seconds=180]               # the default run with each optimizer, against xz
+    python bench.py plot [--runs=out,out-adamw]            # runs' bits per byte against time, and xz: assets/bpb.png
+    python bench.py optimizer                              # the cost of an AdamW and a Muon step
     python bench.py finetune [--modes=weight,filter,...]   # every rating_mode on the default run; a mode may
                                                            # carry settings: condition:condition_contrast=0
 
@@ -19,6 +22,7 @@ unless --data names another file. NOTES.md holds the figures these sections gave
 """
 
 import csv
+import hashlib
 import os
 import resource
 import runpy
@@ -145,46 +149,100 @@ def read_log(out_dir):
         return list(csv.DictReader(f))
 
 
-def bench_quality(data=DATA, seconds=75, vocab_size=6144, learning_rate=5e-3, batch_size=8, warmup_iters=20,
-                  seeds="1337,1,2", **overrides):
-    """Validation bits per byte after training pretrain.py for a fixed wall-clock at nanoGPT's CPU shape
-    (4 layers, 4 heads, d_model 128, d_ff 512, context 64, dropout 0), with our BPE instead of characters.
-    Every seed's run gets the same iteration count, calibrated to `seconds` (see below), and its real training
-    time (the log's clock, less the two evaluations) is reported next to it."""
-    seconds, batch_size = float(seconds), int(batch_size)  # from the command line they arrive as strings
-    rows = [("seed", "iterations", "training time", "validation loss (nats/token)", "validation bits per byte")]
+def timed_runs(args, seconds, seeds, evaluations=1, eval_iters=200):
+    """Run `pretrain.py config/small.py *args` once per seed, every seed for the same number of steps, calibrated so
+    that a run trains for about `seconds`. Returns the step count and each seed's log.csv rows, with 'train_s' added:
+    the log's clock less the evaluations (elapsed_s is read after each one; the first row's is the first's length).
+    args must include --out_dir."""
+    out_dir = next(a.split("=", 1)[1] for a in args if a.startswith("--out_dir="))
+
+    def train(iters, seed, eval_iters=eval_iters):
+        subprocess.run([sys.executable, os.path.join(HERE, "pretrain.py"), os.path.join(HERE, "config", "small.py"),
+                        *args, f"--max_iters={iters}", f"--eval_interval={max(1, iters // evaluations)}",
+                        f"--eval_iters={eval_iters}", f"--seed={seed}"], capture_output=True, text=True, check=True,
+                       cwd=HERE)
+        rows = read_log(out_dir)
+        for k, row in enumerate(rows):
+            row["train_s"] = float(row["elapsed_s"]) - (k + 1) * float(rows[0]["elapsed_s"])
+        return rows
+
+    # a 100-step probe gives a first count; long runs step more slowly than short ones, so the first seed's run is
+    # repeated with the count rescaled whenever it trained more than 5% off the budget
+    max_iters = int(seconds * 100 / train(100, seeds[0], eval_iters=1)[-1]["train_s"])
+    logs = [train(max_iters, seeds[0])]
+    if abs(logs[0][-1]["train_s"] / seconds - 1) > 0.05:
+        max_iters = int(max_iters * seconds / logs[0][-1]["train_s"])
+        logs = [train(max_iters, seeds[0])]
+    return max_iters, logs + [train(max_iters, seed) for seed in seeds[1:]]
+
+
+def bench_quality(data=DATA, seconds=75, seeds="1337,1,2", **overrides):
+    """Validation bits per byte after training for a fixed wall-clock at nanoGPT's CPU shape (4 layers, 4 heads,
+    d_model 128, d_ff 512, context 64, dropout 0) with config/small.py's other settings (optimizer, learning rates,
+    schedule, batch, vocabulary), against nanoGPT's 2.72 bits per character and xz on the same split."""
+    seconds, seeds = float(seconds), seeds.split(",")
     with tempfile.TemporaryDirectory() as d:
-        args = [f"--data_path={data}", f"--cache_dir={d}/cache", f"--out_dir={d}/out", f"--vocab_size={vocab_size}",
-                "--n_layers=4", "--n_heads=4", "--d_model=128", "--d_ff=512", "--max_seq_len=64", "--dropout=0.0",
-                f"--batch_size={batch_size}", f"--learning_rate={learning_rate}", f"--warmup_iters={warmup_iters}",
-                "--device=cpu"] + [f"--{k}={v}" for k, v in overrides.items()]
-        run = lambda *extra: subprocess.run([sys.executable, os.path.join(HERE, "pretrain.py"), *args, *extra],
-                                            capture_output=True, text=True, check=True)
-
-        def train(iters, seed, eval_iters=200):
-            """Train for iters steps; returns (validation loss, bits per byte, seconds spent training)."""
-            run(f"--max_iters={iters}", f"--eval_interval={iters}", f"--eval_iters={eval_iters}", f"--seed={seed}")
-            first, last = read_log(f"{d}/out")
-            # elapsed_s is taken after each evaluation; the first row's is the first evaluation's length
-            return last["val_loss"], float(last["val_bpb"]), float(last["elapsed_s"]) - 2 * float(first["elapsed_s"])
-
-        # A 100-step probe gives a first count; long runs step more slowly than short ones, so the first
-        # seed's run is repeated with the count rescaled whenever it trained more than 5% off the budget.
-        seeds = seeds.split(",")
-        max_iters = int(seconds * 100 / train(100, seeds[0], eval_iters=1)[2])
-        result = train(max_iters, seeds[0])
-        if abs(result[2] / seconds - 1) > 0.05:
-            max_iters = int(max_iters * seconds / result[2])
-            result = train(max_iters, seeds[0])
-        results = [result] + [train(max_iters, seed) for seed in seeds[1:]]
-        for seed, (loss, bpb, train_seconds) in zip(seeds, results):
-            rows.append((seed, max_iters, f"{train_seconds:.0f} s", loss, f"{bpb:.4f}"))
-    bpb, train_seconds = statistics.median(r[1] for r in results), statistics.median(r[2] for r in results)
-    rows.append(("median", max_iters, f"{train_seconds:.0f} s", "", f"{bpb:.3f} = {bpb / 2.72:.2f}x nanoGPT's 2.72 "
-                 "(goal <= 0.85x)"))
-    print_table(f"quality on {os.path.basename(data)}: {seconds:.0f} s of training at nanoGPT's CPU shape, vocabulary "
-                f"{vocab_size}, batch {batch_size} x 64, learning rate {learning_rate}, warm-up {warmup_iters}; "
+        args = [f"--data_path={data}", f"--cache_dir={d}/cache", f"--out_dir={d}/out", "--n_layers=4", "--n_heads=4",
+                "--d_model=128", "--d_ff=512", "--max_seq_len=64", "--dropout=0.0", "--device=cpu",
+                *[f"--{k}={v}" for k, v in overrides.items()]]
+        max_iters, logs = timed_runs(args, seconds, seeds)
+        xz = xz_bits_per_byte(*split_bytes(f"{d}/out", f"{d}/cache"))
+    rows = [("seed", "steps", "training time", "validation bits per byte")]
+    rows += [(seed, max_iters, f"{log[-1]['train_s']:.0f} s", log[-1]["val_bpb"]) for seed, log in zip(seeds, logs)]
+    bpb = statistics.median(float(log[-1]["val_bpb"]) for log in logs)
+    rows.append(("median", max_iters, "", f"{bpb:.3f} = {bpb / 2.72:.2f}x nanoGPT's 2.72 bits per character; "
+                 f"xz: {xz:.3f}"))
+    print_table(f"quality on {os.path.basename(data)}: {seconds:.0f} s of training at nanoGPT's CPU shape "
+                f"({' '.join(f'--{k}={v}' for k, v in overrides.items()) or 'config/small.py otherwise'}); "
                 f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the end", rows)
+
+
+def split_bytes(out_dir, cache_dir):
+    """The training and validation text of a finished run, as bytes: its token ids (found in cache_dir by its
+    tokenizer's hash) split where pretrain.py splits them, then decoded."""
+    import numpy as np
+    sys.path.insert(0, HERE)
+    from bpe import Tokenizer
+    tokenizer_path = os.path.join(out_dir, "tokenizer.json")
+    with open(tokenizer_path, "rb") as f:
+        tokenizer_sha = hashlib.sha256(f.read()).hexdigest()
+    ids_path = next(os.path.join(cache_dir, n) for n in os.listdir(cache_dir) if n.endswith(f"-{tokenizer_sha[:12]}.uint16"))
+    ids = np.fromfile(ids_path, dtype=np.uint16)
+    n_train = int(len(ids) * (1 - 0.1))  # pretrain.py's val_fraction
+    tokenizer = Tokenizer.load(tokenizer_path)
+    return tokenizer.decode_bytes(ids[:n_train].tolist()), tokenizer.decode_bytes(ids[n_train:].tolist())
+
+
+def xz_bits_per_byte(train, val):
+    """What xz -9e spends on val when it has already seen train: the conditional size, in bits per byte of val."""
+    import lzma
+    size = lambda data: len(lzma.compress(data, preset=9 | lzma.PRESET_EXTREME))
+    return 8 * (size(train + val) - size(train)) / len(val)
+
+
+def bench_pretrain(seconds=180, optimizers="adamw,muon", seeds="1337,1,2", finetune="yes"):
+    """The default run (config/small.py) with each optimizer, trained for the same wall-clock, over seeds: held-out
+    bits per byte against xz's conditional figure on the same split. With finetune='yes' each run is also fine-tuned with config/finetune_small.py and the
+    greedy answers to held-out prompts that parse as Python with a function are counted."""
+    seconds, seeds = float(seconds), seeds.split(",")
+    rows = [("optimizer", "seed", "steps", "training time", "bits per byte", "xz", "ratio", "parse rate")]
+    medians = []
+    with tempfile.TemporaryDirectory() as d:
+        for optimizer in optimizers.split(","):
+            max_iters, logs = timed_runs([f"--out_dir={d}/{optimizer}", f"--optimizer={optimizer}", "--device=cpu"],
+                                         seconds, seeds, evaluations=10, eval_iters=60)
+            if not medians:
+                xz = xz_bits_per_byte(*split_bytes(f"{d}/{optimizer}", os.path.join(HERE, "data", "cache")))
+            for seed, log in zip(seeds, logs):
+                bpb = float(log[-1]["val_bpb"])
+                rows.append((optimizer, seed, max_iters, f"{log[-1]['train_s']:.0f} s", f"{bpb:.3f}", f"{xz:.3f}",
+                             f"{bpb / xz:.2f}", parse_rate(f"{d}/{optimizer}", seed) if finetune == "yes" else ""))
+            medians.append((optimizer, statistics.median(float(log[-1]["val_bpb"]) for log in logs)))
+    rows += [(f"{optimizer}: median", "", "", "", f"{bpb:.3f}", f"{xz:.3f}", f"{bpb / xz:.2f}", "")
+             for optimizer, bpb in medians]
+    print_table(f"the default run at equal wall-clock ({seconds:.0f} s of training), held-out bits per byte against "
+                f"xz -9e given the training split; {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at "
+                f"the end", rows)
 
 
 # nanoGPT's CPU shape (shakespeare_char on a laptop) and nanoGPT's shakespeare_char GPU shape with a smaller batch
@@ -241,7 +299,7 @@ def train_step_fn(config, batch_size, autocast=nullcontext()):
     """Our model at config, its AdamW and a training step on random tokens."""
     torch.manual_seed(0)
     model = GPT(GPTConfig(**config)).train()
-    optimizer = model.configure_optimizer(0.1, 1e-3, (0.9, 0.95), "cpu")
+    (optimizer,) = model.configure_optimizers("adamw", 1e-3, 0.1, (0.9, 0.95), "cpu")
     x = torch.randint(0, config["vocab_size"], (batch_size, config["max_seq_len"]))
     y = torch.randint(0, config["vocab_size"], (batch_size, config["max_seq_len"]))
     return model, training_step(model, optimizer, x, y, autocast)
@@ -275,6 +333,40 @@ def bench_train(repeats=5):
         print(f"| {name:<20} | {shape:<14} | {batch_size:>4} x {config['max_seq_len']:<4} | "
               f"{model.num_params() / 1e6:5.2f}M | {ms:7.1f} | {tokens_per_sec:8.0f} | {peak / 1e9:12.0f} | "
               f"{mfu:5.1%} | {dropped:>7} |")
+
+
+def bench_optimizer(repeats=5):
+    """The cost of each optimizer's step next to a whole training step of config/small.py, in float32 and, where the
+    CPU has it natively, under bfloat16 autocast. torch's Muon orthogonalises in bfloat16 whatever the model's dtype,
+    which is why optimizer='auto' picks it only where bfloat16 is native."""
+    rows = [("optimizer", "dtype", "optimizer step", "whole training step", "share of the step")]
+    dtypes = ["float32"] + (["bfloat16"] if pick_dtype("auto", "cpu") == "bfloat16" else [])
+    for dtype in dtypes:
+        autocast = torch.autocast("cpu", dtype=torch.bfloat16) if dtype == "bfloat16" else nullcontext()
+        for optimizer in ("adamw", "muon"):
+            torch.manual_seed(0)
+            model = GPT(GPTConfig(**CONFIG_SMALL)).train()
+            optimizers = model.configure_optimizers(optimizer, 1e-3, 0.1, (0.9, 0.95), "cpu", muon_lr=0.02)
+            x, y = (torch.randint(0, CONFIG_SMALL["vocab_size"], (_small["batch_size"], CONFIG_SMALL["max_seq_len"]))
+                    for _ in range(2))
+
+            def backward(_):
+                with autocast:
+                    model(x, y)[1].backward()
+
+            def update(_):
+                for opt in optimizers:
+                    opt.step()
+
+            for _ in range(3):  # warm-up, and the optimizers' state exists from here on
+                backward(None)
+                update(None)
+            step = median_time(lambda _: (backward(None), update(None)), int(repeats))[0]
+            update_only = median_time(update, int(repeats), setup=lambda: backward(None))[0]
+            rows.append((optimizer, dtype, f"{update_only * 1e3:.1f} ms", f"{step * 1e3:.1f} ms",
+                         f"{update_only / step:.0%}"))
+    print_table(f"optimizer steps on config/small.py's model, batch {_small['batch_size']}, "
+                f"{torch.get_num_threads()} threads; medians of {repeats}", rows)
 
 
 def bench_nanogpt(path=os.path.join(HERE, "..", "nanoGPT"), repeats=15):
@@ -429,7 +521,7 @@ config = GPTConfig(vocab_size=65, d_model=128, n_heads=4, n_layers=4, d_ff=512, 
 model = GPT(config)
 if sys.argv[1].startswith("train"):
     keep_freed_memory()  # as pretrain.py does on CPU
-    optimizer = model.configure_optimizer(0.1, 1e-3, (0.9, 0.95), "cpu")
+    (optimizer,) = model.configure_optimizers("adamw", 1e-3, 0.1, (0.9, 0.95), "cpu")
     autocast = torch.autocast("cpu", torch.bfloat16, enabled=sys.argv[1] == "train-bf16")
     for _ in range(20):
         x, y = torch.randint(0, 65, (12, 64)), torch.randint(0, 65, (12, 64))
@@ -527,9 +619,40 @@ def bench_finetune(modes="weight,filter,condition,kto", seeds="1337,1,2", pretra
     print_table(f"preference score per pair of ratings (higher>lower), the same runs, means over seeds {seeds}", rows)
 
 
+def bench_plot(runs="out", out="assets/bpb.png"):
+    """Held-out bits per byte against training time, one line per run (out_dirs of pretrain.py, comma-separated; by
+    default the main command's out/), and xz -9e's figure on the first run's split. The training time is the log's
+    clock less the evaluations (elapsed_s is read after each one; the first row's is the first's length)."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        sys.exit("bench.py plot needs matplotlib, which the project itself does not use: pip install matplotlib")
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=100)
+    for run in runs.split(","):
+        log = read_log(os.path.join(HERE, run))
+        checkpoint = torch.load(os.path.join(HERE, run, "ckpt.pt"), map_location="cpu", weights_only=True)
+        train_s = [float(r["elapsed_s"]) - (k + 1) * float(log[0]["elapsed_s"]) for k, r in enumerate(log)]
+        ax.plot(train_s[1:], [float(r["val_bpb"]) for r in log[1:]], marker=".",
+                label=f"{run}/: {checkpoint['optimizer_name']}, {checkpoint['iter_num']} steps")
+    xz = xz_bits_per_byte(*split_bytes(os.path.join(HERE, runs.split(",")[0]), os.path.join(HERE, "data", "cache")))
+    ax.axhline(xz, color="black", linestyle="--", label=f"xz -9e, given the training text: {xz:.2f}")
+    ax.set_xlabel(f"training time (s), {os.cpu_count()} CPU cores")
+    ax.set_ylabel("held-out bits per byte")
+    ax.set_title("python pretrain.py config/small.py")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.join(HERE, out)), exist_ok=True)
+    fig.savefig(os.path.join(HERE, out))
+    print(f"wrote {out}; xz -9e given the training split: {xz:.3f} bits per byte of the validation split")
+
+
 SECTIONS = {"tokenizer": bench_tokenizer, "train": bench_train, "nanogpt": bench_nanogpt, "bf16": bench_bf16,
             "allocator": bench_allocator, "sample": bench_sample, "memory": bench_memory, "quality": bench_quality,
-            "finetune": bench_finetune}
+            "pretrain": bench_pretrain, "plot": bench_plot, "finetune": bench_finetune,
+            "optimizer": bench_optimizer}
 
 if __name__ == "__main__":
     names = [a for a in sys.argv[1:] if not a.startswith("--")]

@@ -593,7 +593,7 @@ if __name__ == "__main__":
         if init_from == "resume":
             reference.load_state_dict(checkpoint["reference_model"])
         reference.requires_grad_(False)
-    optimizer = model.configure_optimizer(weight_decay, learning_rate, (beta1, beta2), device_type)
+    (optimizer,) = model.configure_optimizers("adamw", learning_rate, weight_decay, (beta1, beta2), device_type)
     total_iters = max_iters
     if n_epochs > 0:
         total_iters = math.ceil(n_epochs * len(train_examples) / batch_size)

@@ -57,13 +57,20 @@ eval_iters = 20
 val_fraction = 0.1  # the last tenth of the corpus is held out
 batch_size = 16
 grad_accum_steps = 1  # summed over all processes under torchrun
-learning_rate = 3e-3
-min_lr_ratio = 0.1  # cosine decay ends at learning_rate * min_lr_ratio
+# 'muon': torch.optim.Muon for the matrices inside the blocks, AdamW for the rest; 'adamw': AdamW for all; 'auto':
+# muon where bfloat16 is native (torch's Muon orthogonalises in bfloat16, many times slower elsewhere), else adamw.
+# MFU counts the model's FLOPs only, not Muon's orthogonalisation.
+optimizer = "auto"
+learning_rate = 3e-3  # AdamW's peak
+muon_lr = 0.02  # Muon's peak (optimizer='muon')
+muon_momentum = 0.95
 warmup_iters = 100
-lr_decay_iters = 0  # 0 means max_iters
+cooldown_fraction = 0.4  # the last 40% of the steps decay linearly from the peak to min_lr_ratio of it
+min_lr_ratio = 0.1
+lr_decay_iters = 0  # the step where the decay ends; 0 means max_iters
 weight_decay = 0.1
 beta1 = 0.9
-beta2 = 0.95  # measured better than 0.99 for these short runs (README: why the CPU defaults)
+beta2 = 0.95  # measured better than 0.99 for these short runs (NOTES.md, Optimizer and defaults)
 grad_clip = 1.0  # 0 turns clipping off
 # system
 device = "auto"  # 'auto' picks cuda, then mps, then cpu
@@ -181,16 +188,20 @@ def get_batch(split, generator):
     return x.to(run_device), y.to(run_device)
 
 
-def lr_at(it):
-    """Linear warm-up from learning_rate/warmup_iters (never 0), then cosine decay to the floor."""
+def lr_scale(it):
+    """The fraction of each optimizer's peak learning rate at step it: warm-up, stable, decay. A linear warm-up from
+    1/warmup_iters (never 0), the peak until the last cooldown_fraction of the steps, then a linear decay to
+    min_lr_ratio (measured better than cosine decay: NOTES.md, Optimizer and defaults)."""
     decay_iters = lr_decay_iters or max_iters
-    min_lr = learning_rate * min_lr_ratio
     if it < warmup_iters:
-        return learning_rate * (it + 1) / warmup_iters
+        return (it + 1) / warmup_iters
     if it >= decay_iters:
-        return min_lr
-    progress = (it - warmup_iters) / max(1, decay_iters - warmup_iters)
-    return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (learning_rate - min_lr)
+        return min_lr_ratio
+    cooldown_start = max(warmup_iters, decay_iters - int(cooldown_fraction * decay_iters))
+    if it < cooldown_start:
+        return 1.0
+    progress = (it + 1 - cooldown_start) / max(1, decay_iters - cooldown_start)  # the last step is at the floor
+    return min_lr_ratio + (1.0 - progress) * (1.0 - min_lr_ratio)
 
 
 @torch.no_grad()
@@ -232,7 +243,8 @@ def write_checkpoint(rank_rngs=None):
         shutil.copyfile(tokenizer_cache_path, tokenizer_out + ".tmp")
         os.replace(tokenizer_out + ".tmp", tokenizer_out)
     checkpoint = {
-        "kind": "pretrain", "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
+        "kind": "pretrain", "model": raw_model.state_dict(), "optimizer_name": run_optimizer,
+        "optimizer_states": [o.state_dict() for o in optimizers],
         "model_config": dataclasses.asdict(model_config), "config": settings,
         "iter_num": iter_num, "best_val_loss": best_val_loss,
         "tokenizer_path": "tokenizer.json", "tokenizer_sha256": tokenizer_sha, "rng": rng_state(),
@@ -275,6 +287,12 @@ if __name__ == "__main__":
         raise SystemExit(f"max_iters and n_epochs must not be negative (got {max_iters} and {n_epochs})")
     if not 0 < val_fraction < 1:
         raise SystemExit(f"val_fraction must be between 0 and 1, not {val_fraction}")
+    if optimizer not in ("auto", "adamw", "muon"):
+        raise SystemExit(f"optimizer must be 'auto', 'adamw' or 'muon', not '{optimizer}'")
+    if muon_lr < 0 or not 0 <= muon_momentum < 1:
+        raise SystemExit(f"muon_lr must be >= 0 and muon_momentum in [0, 1); got {muon_lr} and {muon_momentum}")
+    if not 0 <= cooldown_fraction <= 1:
+        raise SystemExit(f"cooldown_fraction must be between 0 and 1, not {cooldown_fraction}")
     if learning_rate < 0 or weight_decay < 0 or not (0 <= beta1 < 1 and 0 <= beta2 < 1):
         raise SystemExit(f"learning_rate and weight_decay must be >= 0 and beta1 and beta2 in [0, 1); got "
                          f"{learning_rate}, {weight_decay}, {beta1} and {beta2}")
@@ -304,6 +322,7 @@ if __name__ == "__main__":
     if device_type == "cpu":
         keep_freed_memory()  # Linux: each step reuses the memory the last one freed, not fresh pages (model.py)
     run_dtype = pick_dtype(dtype, run_device)
+    run_optimizer = optimizer if optimizer != "auto" else "muon" if pick_dtype("auto", run_device) == "bfloat16" else "adamw"
     autocast = torch.autocast(device_type, dtype=torch.bfloat16) if run_dtype == "bfloat16" else nullcontext()
     peak_flops = measure_peak_flops(run_device, getattr(torch, run_dtype))
     torch.manual_seed(seed)  # the same initial weights on every rank
@@ -342,7 +361,8 @@ if __name__ == "__main__":
 
     model_config = dataclasses.replace(model_config, vocab_size=tokenizer.vocab_size)
     model = GPT(model_config).to(run_device)
-    optimizer = model.configure_optimizer(weight_decay, learning_rate, (beta1, beta2), device_type)
+    optimizers = model.configure_optimizers(run_optimizer, learning_rate, weight_decay, (beta1, beta2), device_type,
+                                            muon_lr, muon_momentum)
     if world_size > 1:
         torch.manual_seed(seed + rank)  # the same initial weights, but each rank its own dropout masks
     data_generator = torch.Generator().manual_seed(seed + rank)  # each rank draws its own windows
@@ -365,11 +385,16 @@ if __name__ == "__main__":
         if checkpoint["config"].get("val_fraction", val_fraction) != val_fraction:  # it would mix the two splits
             raise SystemExit(f"{checkpoint_path} was trained with val_fraction={checkpoint['config']['val_fraction']}, "
                              f"not {val_fraction}; resume with the checkpoint's settings")
+        saved_optimizer = checkpoint.get("optimizer_name", "unknown")
+        if saved_optimizer != run_optimizer:  # the states of one do not fit the other
+            raise SystemExit(f"{checkpoint_path} was trained with optimizer '{saved_optimizer}', not '{run_optimizer}'; "
+                             f"resume with --optimizer={saved_optimizer} or use init_from='scratch'")
         if checkpoint["tokenizer_sha256"] != tokenizer_sha:
             raise SystemExit(f"{checkpoint_path} was trained with another tokenizer than the one for {data_path} "
                              f"(vocab_size={vocab_size}); resume with the same data and vocab_size")
         model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
+        for opt, state in zip(optimizers, checkpoint["optimizer_states"]):
+            opt.load_state_dict(state)
         iter_num, best_val_loss = checkpoint["iter_num"], checkpoint["best_val_loss"]
         rank_rngs = checkpoint.get("rank_rngs") or []
         rng = rank_rngs[rank] if len(rank_rngs) == world_size > 1 else checkpoint["rng"]
@@ -414,7 +439,7 @@ if __name__ == "__main__":
     if master:
         print(f"{raw_model.num_params() / 1e6:.2f}M parameters, {n_tokens:,} tokens "
               f"({n_train_tokens:,} for training), {tokens_per_iter:,} tokens per iteration, "
-              f"{max_iters} iterations on {run_device} x {world_size}, {run_dtype}")
+              f"{max_iters} iterations on {run_device} x {world_size}, {run_dtype}, {run_optimizer}")
     progress = tqdm(total=max_iters, initial=iter_num, disable=not master, dynamic_ncols=True)
     run_start, last_eval_iter = time.time(), None
     step_time, tokens_per_sec, mfu = 0.0, 0.0, 0.0
@@ -429,7 +454,7 @@ if __name__ == "__main__":
                 val_bpb = losses["val"] * val_tokens_per_byte / math.log(2)
                 log_evaluation({"iter": iter_num, "tokens": iter_num * tokens_per_iter,
                                 "train_loss": f"{losses['train']:.4f}", "val_loss": f"{losses['val']:.4f}",
-                                "val_bpb": f"{val_bpb:.4f}", "lr": f"{lr_at(max(iter_num - 1, 0)):.3e}",
+                                "val_bpb": f"{val_bpb:.4f}", "lr": f"{learning_rate * lr_scale(max(iter_num - 1, 0)):.3e}",
                                 "tokens_per_sec": f"{tokens_per_sec:.0f}", "mfu": f"{mfu:.3f}",
                                 "elapsed_s": f"{time.time() - run_start:.1f}"})
                 progress.write(f"iter {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}, "
@@ -459,9 +484,10 @@ if __name__ == "__main__":
             break
 
         t0 = time.time()
-        lr = lr_at(iter_num)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+        scale = lr_scale(iter_num)
+        for opt in optimizers:
+            for group in opt.param_groups:
+                group["lr"] = group["peak_lr"] * scale
         step_loss = 0.0
         for micro_step in range(accum_per_rank):
             x, y = get_batch("train", data_generator)
@@ -475,8 +501,9 @@ if __name__ == "__main__":
             stop_on_non_finite("loss", step_loss)
         if grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        for opt in optimizers:
+            opt.step()
+            opt.zero_grad(set_to_none=True)
         iter_num += 1
 
         step_time = 0.9 * step_time + 0.1 * (time.time() - t0) if iter_num - start_iter > 1 else time.time() - t0
@@ -484,7 +511,7 @@ if __name__ == "__main__":
         mfu = flops_per_iter / step_time / (peak_flops * world_size)
         progress.update(1)
         if iter_num % 10 == 0:
-            progress.set_postfix(loss=f"{step_loss:.3f}", tok_s=f"{tokens_per_sec:,.0f}", mfu=f"{mfu:.0%}", lr=f"{lr:.1e}")
+            progress.set_postfix(loss=f"{step_loss:.3f}", tok_s=f"{tokens_per_sec:,.0f}", mfu=f"{mfu:.0%}", lr=f"{learning_rate * scale:.1e}")
     progress.close()
 
     if world_size > 1:  # all ranks must hold the same weights; print a digest of them so anyone can check

@@ -30,8 +30,8 @@ import torch.nn.functional as F
 from bpe import SPLIT_PATTERN, Tokenizer, _LAST_CUT, _text_blocks
 from configurator import configure
 import finetune
-from model import (GPT, GPTConfig, KVCache, LayerNorm, SinusoidalPositions, keep_freed_memory, load_checkpoint,
-                   measure_peak_flops, pick_device, pick_dtype, sample_next_token, save_checkpoint)
+from model import (GPT, GPTConfig, KVCache, LayerNorm, SinusoidalPositions, causal_mask, keep_freed_memory,
+                   load_checkpoint, measure_peak_flops, pick_device, pick_dtype, sample_next_token, save_checkpoint)
 
 REPO = os.path.dirname(os.path.abspath(__file__))
 NOT_AUTO_DTYPE = "float32" if pick_dtype("auto", "cpu") == "bfloat16" else "bfloat16"  # a dtype that is not the default here
@@ -684,16 +684,26 @@ def test_attention_paths_agree_in_training_gradients():
 
 def test_attention_paths_agree_in_bfloat16_on_cpu():
     # on CPU the fused path runs attention in float32 even under bfloat16 (it is faster there): under autocast, and
-    # in a model cast to bfloat16 outright, it must still match the math path and hand bfloat16 on
+    # in a model cast to bfloat16 outright, it must still match the math path and hand bfloat16 on. A fresh model's
+    # attention is nearly uniform, which would hide a wrong softmax scale, so the query and key weights are scaled up
+    # until each late row puts several times a uniform share on its largest weight; the hidden states (normalised,
+    # unlike the tiny logits of a fresh tied head) are compared
     fast = tiny_model(attention="sdpa")
+    with torch.no_grad():
+        for block in fast.blocks:
+            block.attn.qkv.weight[:2 * 32] *= 12  # the q and k rows of the (3C, C) weight
     slow = twin_with_attention(fast, "math")
     idx = torch.randint(0, 50, (3, 16))
+    x = fast.tok_emb(idx) + fast.pos_enc(0, 16)
+    q, k, _ = fast.blocks[0].attn.qkv(fast.blocks[0].ln1(x)).view(3, 16, 3, 4, 8).permute(2, 0, 3, 1, 4)
+    weights = ((q @ k.transpose(-2, -1)) / math.sqrt(8)).masked_fill(~causal_mask(16, 16), float("-inf")).softmax(-1)
+    assert weights[..., 8:, :].max(dim=-1).values.mean() > 3 / 12  # rows 8-15 see 9-16 positions
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        a, b = fast(idx)[0], slow(idx)[0]
-    assert a.dtype == torch.bfloat16 and torch.allclose(a.float(), b.float(), atol=1e-2, rtol=0)
-    a, b = fast.to(torch.bfloat16)(idx)[0], slow.to(torch.bfloat16)(idx)[0]
-    assert a.dtype == torch.bfloat16 and torch.allclose(a.float(), b.float(), atol=1e-2, rtol=0)
-
+        assert fast.blocks[0].attn(x).dtype == torch.bfloat16
+        a, b = fast.hidden_states(idx), slow.hidden_states(idx)
+    assert torch.allclose(a, b, atol=0.05, rtol=0)
+    a, b = fast.to(torch.bfloat16).hidden_states(idx), slow.to(torch.bfloat16).hidden_states(idx)
+    assert a.dtype == torch.bfloat16 and torch.allclose(a.float(), b.float(), atol=0.05, rtol=0)
 
 def test_causal_mask_holds_under_bfloat16_autocast():
     model = tiny_model()
@@ -710,7 +720,7 @@ def test_model_weight_tying_survives_training():
     model = tiny_model().train()
     assert model.lm_head.weight is model.tok_emb.weight
     assert model.lm_head.weight.data_ptr() == model.tok_emb.weight.data_ptr()
-    optimizer = model.configure_optimizer(0.1, 1e-2, (0.9, 0.95), "cpu")
+    (optimizer,) = model.configure_optimizers("adamw", 1e-2, 0.1, (0.9, 0.95), "cpu")
     before = model.tok_emb.weight.detach().clone()
     idx = torch.randint(0, 50, (2, 16))
     model(idx, idx)[1].backward()
@@ -975,9 +985,9 @@ def test_model_dropout_only_in_train_mode():
         assert not torch.allclose(model(idx)[0], model(idx)[0])
 
 
-def test_model_configure_optimizer_decays_only_matrices():
+def test_model_adamw_decays_only_matrices():
     model = tiny_model()
-    optimizer = model.configure_optimizer(0.1, 1e-3, (0.9, 0.95), "cpu")
+    (optimizer,) = model.configure_optimizers("adamw", 1e-3, 0.1, (0.9, 0.95), "cpu")
     decay, no_decay = optimizer.param_groups
     assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
     assert {id(p) for p in decay["params"]} == {id(p) for p in model.parameters() if p.dim() >= 2}
@@ -985,20 +995,40 @@ def test_model_configure_optimizer_decays_only_matrices():
     assert sum(len(g["params"]) for g in optimizer.param_groups) == len(list(model.parameters()))
 
 
-def test_model_training_lowers_loss():
+def test_model_muon_takes_the_matrices_inside_the_blocks_and_adamw_the_rest():
+    model = tiny_model()
+    adamw, muon = model.configure_optimizers("muon", 1e-3, 0.1, (0.9, 0.95), "cpu", muon_lr=0.02)
+    assert isinstance(muon, torch.optim.Muon) and isinstance(adamw, torch.optim.AdamW)
+    names = {id(p): name for name, p in model.named_parameters()}
+    in_muon = {names[id(p)] for group in muon.param_groups for p in group["params"]}
+    in_adamw = {names[id(p)] for group in adamw.param_groups for p in group["params"]}
+    assert in_muon == {f"blocks.{i}.{m}.weight" for i in range(2) for m in ("attn.qkv", "attn.proj", "mlp.fc", "mlp.proj")}
+    assert "tok_emb.weight" in in_adamw and not in_muon & in_adamw  # the tied embedding/head never goes to Muon
+    assert len(in_muon) + len(in_adamw) == len(list(model.parameters()))
+    assert [g["peak_lr"] for g in muon.param_groups] == [0.02] and muon.param_groups[0]["weight_decay"] == 0.0
+    assert [g["peak_lr"] for g in adamw.param_groups] == [1e-3, 1e-3]
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_model_training_lowers_loss_with_each_optimizer(optimizer):
     model = tiny_model().train()
-    optimizer = model.configure_optimizer(0.0, 3e-3, (0.9, 0.95), "cpu")
+    optimizers = model.configure_optimizers(optimizer, 3e-3, 0.0, (0.9, 0.95), "cpu", muon_lr=0.02)
     data = torch.arange(17).repeat(4, 1) % 7  # a repeating pattern to learn
     x, y = data[:, :-1], data[:, 1:]
     losses = []
     for _ in range(40):
         _, loss = model(x, y)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        for opt in optimizers:
+            opt.step()
+            opt.zero_grad(set_to_none=True)
         losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0]
+
+
+def test_model_unknown_optimizer_is_one_sentence():
+    with pytest.raises(ValueError, match="optimizer must be 'adamw' or 'muon', not 'sgd'"):
+        tiny_model().configure_optimizers("sgd", 1e-3, 0.1, (0.9, 0.95), "cpu")
 
 
 def test_model_checkpoint_round_trip(tmp_path):
@@ -1236,10 +1266,22 @@ def test_pretrain_lowers_the_validation_loss(tiny_run):
         assert float(r["val_bpb"]) == pytest.approx(float(r["val_loss"]) * tokens_per_byte / math.log(2), rel=1e-3)
 
 
-def test_pretrain_learning_rate_starts_above_zero_and_ends_at_the_floor(tiny_run):
-    rows = read_log(tiny_run[0] / "out")
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_pretrain_a_few_steps_with_each_optimizer_beat_the_untrained_model(tmp_path, optimizer):
+    corpus = tmp_path / "corpus.txt"
+    make_corpus(corpus, n_words=4000)
+    result = run_script("pretrain.py", tiny_args(tmp_path, corpus, optimizer=optimizer, max_iters=20, eval_interval=20))
+    assert f", {optimizer}\n" in result.stdout  # the run says which optimizer it uses
+    untrained, trained = read_log(tmp_path / "out")
+    assert float(trained["val_loss"]) < float(untrained["val_loss"]) - 1.0  # nats per token
+
+
+def test_pretrain_learning_rate_warms_up_from_above_zero_holds_then_decays_to_the_floor(tiny_run):
+    rows = read_log(tiny_run[0] / "out")  # 30 steps: the lr logged at step s is the one its last step used
     assert float(rows[0]["lr"]) == pytest.approx(3e-3 / 5)  # first step of a 5-step warm-up
-    assert float(rows[-1]["lr"]) == pytest.approx(3e-4, rel=0.05)  # min_lr_ratio 0.1 at the end
+    assert float(rows[1]["lr"]) == pytest.approx(3e-3)  # the peak holds until the last 40% of the steps
+    assert float(rows[2]["lr"]) == pytest.approx(3e-3 * (0.1 + 0.9 * 10 / 12))  # 2 of the 12 decay steps taken
+    assert float(rows[-1]["lr"]) == pytest.approx(3e-4)  # min_lr_ratio 0.1 at the end
 
 
 def test_pretrain_checkpoint_holds_weights_optimizer_config_and_rng(tiny_run):
@@ -1248,15 +1290,17 @@ def test_pretrain_checkpoint_holds_weights_optimizer_config_and_rng(tiny_run):
     assert checkpoint["iter_num"] == 30 and checkpoint["kind"] == "pretrain"
     assert checkpoint["model_config"]["d_model"] == 32 and checkpoint["model_config"]["dropout"] == 0.1
     assert checkpoint["config"]["batch_size"] == 8
-    assert checkpoint["optimizer"]["state"] and set(checkpoint["rng"]) == {"torch", "cuda", "data"}
+    assert checkpoint["optimizer_name"] in ("adamw", "muon") and set(checkpoint["rng"]) == {"torch", "cuda", "data"}
+    assert all(state["state"] for state in checkpoint["optimizer_states"])  # every optimizer's moments are there
     assert not any(k.startswith(("_orig_mod.", "module.")) for k in checkpoint["model"])
     assert os.path.exists(tiny_run[0] / "out" / "tokenizer.json")
 
 
-def test_pretrain_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_pretrain_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path, optimizer):
     corpus = tmp_path / "corpus.txt"
     make_corpus(corpus, n_words=4000)
-    common = dict(dropout=0.1, max_iters=16, eval_interval=4, lr_decay_iters=16)
+    common = dict(dropout=0.1, max_iters=16, eval_interval=4, lr_decay_iters=16, optimizer=optimizer)
     run_script("pretrain.py", tiny_args(tmp_path / "a", corpus, **common))
     run_script("pretrain.py", tiny_args(tmp_path / "b", corpus, **{**common, "max_iters": 10}))
     run_script("pretrain.py", tiny_args(tmp_path / "b", corpus, **common, init_from="resume"))
@@ -1266,6 +1310,10 @@ def test_pretrain_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path):
     for name in a["model"]:
         assert torch.equal(a["model"][name], b["model"][name]), name
     assert torch.equal(a["rng"]["data"], b["rng"]["data"])
+    for state_a, state_b in zip(a["optimizer_states"], b["optimizer_states"], strict=True):  # momenta too
+        for index, moments in state_a["state"].items():
+            for key, value in moments.items():
+                assert torch.equal(value, state_b["state"][index][key]), (index, key)
 
 
 def test_pretrain_every_training_setting_changes_the_trained_weights(tmp_path):
@@ -1273,13 +1321,14 @@ def test_pretrain_every_training_setting_changes_the_trained_weights(tmp_path):
     a control run with the base settings gives the base weights again."""
     corpus = tmp_path / "corpus.txt"
     make_corpus(corpus, n_words=4000)
-    variants = {"learning_rate": 1e-3, "min_lr_ratio": 0.5, "warmup_iters": 1, "lr_decay_iters": 3,
+    variants = {"optimizer": "adamw", "muon_lr": 0.05, "muon_momentum": 0.5, "learning_rate": 1e-3, "min_lr_ratio": 0.5, "cooldown_fraction": 1.0, "warmup_iters": 1, "lr_decay_iters": 3,
                 "weight_decay": 0.5, "beta1": 0.5, "beta2": 0.5, "grad_clip": 0.01, "grad_accum_steps": 2,
                 "batch_size": 4, "dropout": 0.1, "seed": 1, "max_seq_len": 16, "val_fraction": 0.3,
                 "dtype": NOT_AUTO_DTYPE, "bias": False, "n_epochs": 0.01, "control": None}
 
     def args(name, value=None):
-        overrides = dict(max_iters=4, eval_interval=4, eval_iters=1, warmup_iters=2, cache_dir=tmp_path / "cache")
+        overrides = dict(max_iters=4, eval_interval=4, eval_iters=1, warmup_iters=2, cache_dir=tmp_path / "cache",
+                         optimizer="muon")
         return tiny_args(tmp_path / name, corpus, **{**overrides, **({name: value} if value is not None else {})})
     run_script_many_times("pretrain.py", [args("base")] + [args(name, value) for name, value in variants.items()])
     base = load_checkpoint(tmp_path / "base" / "out" / "ckpt.pt")["model"]
@@ -1317,6 +1366,12 @@ def test_pretrain_resume_refuses_a_checkpoint_of_another_shape_or_validation_spl
     result = run_script("pretrain.py", tiny_args(run_dir, corpus, init_from="resume", dropout=0.1, val_fraction=0.2),
                         check=False)
     assert result.returncode != 0 and "was trained with val_fraction=0.1, not 0.2" in result.stderr
+    saved_optimizer = load_checkpoint(run_dir / "out" / "ckpt.pt")["optimizer_name"]
+    other_optimizer = "muon" if saved_optimizer == "adamw" else "adamw"
+    result = run_script("pretrain.py", tiny_args(run_dir, corpus, init_from="resume", dropout=0.1,
+                                                 optimizer=other_optimizer), check=False)
+    assert result.returncode != 0
+    assert f"was trained with optimizer '{saved_optimizer}', not '{other_optimizer}'" in result.stderr
     other = run_dir / "other.txt"
     make_corpus(other, seed=1)
     result = run_script("pretrain.py", tiny_args(run_dir, other, init_from="resume", dropout=0.1), check=False)
@@ -1351,7 +1406,7 @@ def test_pretrain_under_torchrun_keeps_ranks_identical_and_resumes_bit_identical
 
     def torchrun(run, **overrides):
         args = tiny_args(tmp_path / run, corpus, **{**dict(max_iters=6, eval_interval=3, grad_accum_steps=2,
-                                                          dropout=0.1, lr_decay_iters=6), **overrides})
+                                                          dropout=0.1, lr_decay_iters=6, optimizer="muon"), **overrides})
         result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                                  os.path.join(REPO, "pretrain.py"), *args],
                                 capture_output=True, text=True, cwd=REPO, timeout=300)
@@ -1464,6 +1519,8 @@ def test_pretrain_refuses_to_resume_a_fine_tuning_checkpoint(tiny_run, tmp_path)
     ("--data_path=DIRECTORY", "is a directory"),
     ("--n_heads=3", "d_model=32 must be divisible by n_heads=3"),  # before any data is read (there is none here)
     ("--beta2=1.0", "beta1 and beta2 in [0, 1)"),
+    ("--optimizer=sgd", "optimizer must be 'auto', 'adamw' or 'muon', not 'sgd'"),
+    ("--muon_momentum=1", "muon_momentum in [0, 1)"),
 ])
 def test_pretrain_settings_and_data_that_cannot_work_are_one_sentence(tmp_path, override, message):
     (tmp_path / "empty.txt").write_text("")
@@ -1717,7 +1774,7 @@ def test_finetune_a_tiny_finetune_lowers_the_response_loss(tmp_path, ft_tokenize
     examples, _, _ = finetune.prepare(ft_tokenizer, df, "filter", 32)
     pad = ft_tokenizer.special_tokens["<|endoftext|>"]
     before = finetune.evaluate(model, examples, 32, pad, "cpu", 8)["loss_r5"]
-    optimizer = model.configure_optimizer(0.0, 1e-2, (0.9, 0.99), "cpu")
+    (optimizer,) = model.configure_optimizers("adamw", 1e-2, 0.0, (0.9, 0.99), "cpu")
     for it in range(40):
         batch = [examples[i] for i in finetune.batch_indices(it, len(examples), 4, seed=0)]
         x, y = finetune.collate([finetune.join(e.prefix, e.prompt_ids, e.reply, 32)[:2] for e in batch], pad, "cpu")
@@ -1953,7 +2010,7 @@ def test_finetune_every_training_setting_changes_the_trained_weights(tmp_path, f
     """As for pretrain.py: each setting alone changes the weights after 4 steps; a control run repeats its base."""
     pretrained_run(tmp_path / "out", ft_tokenizer)
     write_csv(tmp_path / "d.csv", ft_rows())
-    variants = {"filter": {"learning_rate": 1e-3, "min_lr_ratio": 0.5, "warmup_iters": 1, "lr_decay_iters": 3,
+    variants = {"filter": {"learning_rate": 1e-3, "min_lr_ratio": 0.5, "cooldown_fraction": 1.0, "warmup_iters": 1, "lr_decay_iters": 3,
                            "weight_decay": 0.5, "beta2": 0.5, "grad_clip": 0.01, "batch_size": 3, "dropout": 0.1,
                            "seed": 1, "min_rating": 3, "val_fraction": 0.4, "beta1": 0.5, "n_epochs": 0.25,
                            "dtype": NOT_AUTO_DTYPE, "control": None},

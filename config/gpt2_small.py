@@ -10,6 +10,10 @@ max_seq_len = 1024
 dropout = 0.0
 batch_size = 16
 grad_accum_steps = 32  # 16 x 1024 x 32 = 524k tokens per step, shared out over the processes
+# Muon for the block matrices at the learning rate its authors suggest (0.02), AdamW for the tied embedding at
+# nanoGPT's GPT-2-small rate: published recipes, not yet measured with this code (NOTES.md, Optimizer and defaults)
+optimizer = "muon"
+muon_lr = 0.02
 learning_rate = 6e-4
 min_lr_ratio = 0.1
 warmup_iters = 2000
