@@ -206,8 +206,8 @@ def split_bytes(out_dir, cache_dir):
     tokenizer_path = os.path.join(out_dir, "tokenizer.json")
     with open(tokenizer_path, "rb") as f:
         tokenizer_sha = hashlib.sha256(f.read()).hexdigest()
-    ids_path = next(os.path.join(cache_dir, n) for n in os.listdir(cache_dir) if n.endswith(f"-{tokenizer_sha[:12]}.uint16"))
-    ids = np.fromfile(ids_path, dtype=np.uint16)
+    ids_name = next(n for n in os.listdir(cache_dir) if n.endswith(f"-{tokenizer_sha[:12]}.uint16"))
+    ids = np.fromfile(os.path.join(cache_dir, ids_name), dtype=np.uint16)
     n_train = int(len(ids) * (1 - 0.1))  # pretrain.py's val_fraction
     tokenizer = Tokenizer.load(tokenizer_path)
     return tokenizer.decode_bytes(ids[:n_train].tolist()), tokenizer.decode_bytes(ids[n_train:].tolist())
@@ -220,10 +220,25 @@ def xz_bits_per_byte(train, val):
     return 8 * (size(train + val) - size(train)) / len(val)
 
 
+def parse_rate(pretrained_dir, seed):
+    """Fine-tune a pretrained run with config/finetune_small.py and return the share of greedy answers to held-out
+    prompts that parse as Python and define a function, with the share that pass their checks, as text."""
+    with tempfile.TemporaryDirectory() as d:
+        subprocess.run([sys.executable, os.path.join(HERE, "finetune.py"), os.path.join(HERE, "config",
+                        "finetune_small.py"), f"--init_from={pretrained_dir}", f"--out_dir={d}/finetune",
+                        f"--seed={seed}", "--answer_checks=True"], capture_output=True, text=True, check=True, cwd=HERE)
+        with open(os.path.join(d, "finetune", "answers.csv"), newline="") as f:
+            answers = list(csv.DictReader(f))
+    parses = sum(a["parses"] == "True" for a in answers) / len(answers)
+    passes = sum(a["passes"] == "True" for a in answers) / len(answers)
+    return f"{parses:.0%} (pass {passes:.0%})"
+
+
 def bench_pretrain(seconds=180, optimizers="adamw,muon", seeds="1337,1,2", finetune="yes"):
     """The default run (config/small.py) with each optimizer, trained for the same wall-clock, over seeds: held-out
-    bits per byte against xz's conditional figure on the same split. With finetune='yes' each run is also fine-tuned with config/finetune_small.py and the
-    greedy answers to held-out prompts that parse as Python with a function are counted."""
+    bits per byte against xz's conditional figure on the same split. With finetune='yes' each run is also
+    fine-tuned with config/finetune_small.py, and its greedy answers to held-out prompts that parse as Python and
+    define a function are counted (next to those that pass their checks)."""
     seconds, seeds = float(seconds), seeds.split(",")
     rows = [("optimizer", "seed", "steps", "training time", "bits per byte", "xz", "ratio", "parse rate")]
     medians = []

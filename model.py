@@ -334,21 +334,17 @@ class GPT(nn.Module):
         embedding/head (a lookup table, whose rows should move independently, not as one orthogonalised matrix),
         the LayerNorm gains and the biases. Muon replaces each matrix's momentum by the nearest orthogonal matrix,
         so every direction of the update moves at the same rate; its lr is scaled by sqrt(max(1, rows / cols))."""
-        decay = [p for p in self.parameters() if p.requires_grad and p.dim() >= 2]
-        no_decay = [p for p in self.parameters() if p.requires_grad and p.dim() < 2]
-        optimizers = []
-        if optimizer == "muon":
-            matrices = [p for p in self.blocks.parameters() if p.requires_grad and p.dim() == 2]
-            decay = [p for p in decay if id(p) not in {id(m) for m in matrices}]  # the embedding stays with AdamW
-            muon = torch.optim.Muon(matrices, lr=muon_lr, momentum=muon_momentum, weight_decay=0.0,
-                                    adjust_lr_fn="original")
-            optimizers.append(muon)
-        elif optimizer != "adamw":
+        if optimizer not in ("adamw", "muon"):
             raise ValueError(f"optimizer must be 'adamw' or 'muon', not {optimizer!r}.")
-        groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-        # fused: one kernel updates every tensor (several times faster than foreach on CPU: NOTES.md, Training speed)
-        optimizers.insert(0, torch.optim.AdamW(groups, lr=learning_rate, betas=betas,
-                                               fused=device_type in ("cuda", "cpu")))
+        matrices = [p for p in self.blocks.parameters() if p.requires_grad and p.dim() == 2 and optimizer == "muon"]
+        rest = [p for p in self.parameters() if p.requires_grad and all(p is not m for m in matrices)]
+        groups = [{"params": [p for p in rest if p.dim() >= 2], "weight_decay": weight_decay},
+                  {"params": [p for p in rest if p.dim() < 2], "weight_decay": 0.0}]
+        # fused: one kernel updates every tensor, several times faster than foreach on CPU (NOTES.md, Training speed)
+        optimizers = [torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=device_type in ("cuda", "cpu"))]
+        if matrices:
+            optimizers.append(torch.optim.Muon(matrices, lr=muon_lr, momentum=muon_momentum, weight_decay=0.0,
+                                               adjust_lr_fn="original"))
         for opt in optimizers:
             for group in opt.param_groups:
                 group["peak_lr"] = group["lr"]

@@ -322,7 +322,8 @@ if __name__ == "__main__":
     if device_type == "cpu":
         keep_freed_memory()  # Linux: each step reuses the memory the last one freed, not fresh pages (model.py)
     run_dtype = pick_dtype(dtype, run_device)
-    run_optimizer = optimizer if optimizer != "auto" else "muon" if pick_dtype("auto", run_device) == "bfloat16" else "adamw"
+    run_optimizer = optimizer if optimizer != "auto" else "muon" if pick_dtype("auto", run_device) == "bfloat16" \
+        else "adamw"
     autocast = torch.autocast(device_type, dtype=torch.bfloat16) if run_dtype == "bfloat16" else nullcontext()
     peak_flops = measure_peak_flops(run_device, getattr(torch, run_dtype))
     torch.manual_seed(seed)  # the same initial weights on every rank
@@ -387,8 +388,8 @@ if __name__ == "__main__":
                              f"not {val_fraction}; resume with the checkpoint's settings")
         saved_optimizer = checkpoint.get("optimizer_name", "unknown")
         if saved_optimizer != run_optimizer:  # the states of one do not fit the other
-            raise SystemExit(f"{checkpoint_path} was trained with optimizer '{saved_optimizer}', not '{run_optimizer}'; "
-                             f"resume with --optimizer={saved_optimizer} or use init_from='scratch'")
+            raise SystemExit(f"{checkpoint_path} was trained with optimizer '{saved_optimizer}', not "
+                             f"'{run_optimizer}'; resume with --optimizer={saved_optimizer} or use init_from='scratch'")
         if checkpoint["tokenizer_sha256"] != tokenizer_sha:
             raise SystemExit(f"{checkpoint_path} was trained with another tokenizer than the one for {data_path} "
                              f"(vocab_size={vocab_size}); resume with the same data and vocab_size")
@@ -454,7 +455,8 @@ if __name__ == "__main__":
                 val_bpb = losses["val"] * val_tokens_per_byte / math.log(2)
                 log_evaluation({"iter": iter_num, "tokens": iter_num * tokens_per_iter,
                                 "train_loss": f"{losses['train']:.4f}", "val_loss": f"{losses['val']:.4f}",
-                                "val_bpb": f"{val_bpb:.4f}", "lr": f"{learning_rate * lr_scale(max(iter_num - 1, 0)):.3e}",
+                                "val_bpb": f"{val_bpb:.4f}",
+                                "lr": f"{learning_rate * lr_scale(max(iter_num - 1, 0)):.3e}",
                                 "tokens_per_sec": f"{tokens_per_sec:.0f}", "mfu": f"{mfu:.3f}",
                                 "elapsed_s": f"{time.time() - run_start:.1f}"})
                 progress.write(f"iter {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}, "
@@ -511,7 +513,8 @@ if __name__ == "__main__":
         mfu = flops_per_iter / step_time / (peak_flops * world_size)
         progress.update(1)
         if iter_num % 10 == 0:
-            progress.set_postfix(loss=f"{step_loss:.3f}", tok_s=f"{tokens_per_sec:,.0f}", mfu=f"{mfu:.0%}", lr=f"{learning_rate * scale:.1e}")
+            progress.set_postfix(loss=f"{step_loss:.3f}", tok_s=f"{tokens_per_sec:,.0f}", mfu=f"{mfu:.0%}",
+                                 lr=f"{learning_rate * scale:.1e}")
     progress.close()
 
     if world_size > 1:  # all ranks must hold the same weights; print a digest of them so anyone can check
