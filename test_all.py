@@ -1530,18 +1530,45 @@ def ft_rows(words=("cat", "dog", "sun", "hat", "pen", "cup", "box", "bee")):
     return rows
 
 
-def test_default_fine_tune_data_is_what_its_generator_writes_and_has_the_promised_shape():
+def fine_tune_data_generator():
     spec = importlib.util.spec_from_file_location("make_fine_tune_data", os.path.join(REPO, "data", "make_fine_tune_data.py"))
     generator = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(generator)
-    generator.check()  # every good function passes its test, every wrong one fails, every stated fact is evaluated
+    return generator
+
+
+def test_default_fine_tune_data_is_what_its_generator_writes_and_has_the_promised_shape():
+    generator = fine_tune_data_generator()
+    generator.check()  # every good function passes its checks, every wrong one fails one, every stated fact is evaluated
     path = os.path.join(REPO, "data", "fine_tune_data.csv")
     df = finetune.clean_rows(finetune.read_rows(path), path)
     assert list(df.itertuples(index=False, name=None)) == [(p, r.strip(), k) for p, r, k in generator.make_rows()]
+    with open(os.path.join(REPO, "data", "fine_tune_checks.json"), encoding="utf-8") as f:
+        assert json.load(f) == generator.checks_by_prompt()
     per_prompt = df.groupby("prompt", sort=False)["rating"].agg(list)
     assert len(per_prompt) >= 100
     assert all(2 <= len(ratings) <= 4 and len(set(ratings)) == len(ratings) for ratings in per_prompt)
     assert set(df["rating"]) == {1, 2, 3, 4, 5}
+
+
+def test_default_checks_pass_every_5_rated_answer_and_fail_every_answer_rated_1_or_2():
+    """Run in finetune.py's sandbox, as fine-tuned answers are: every candidate answer the generator writes for a
+    prompt with checks, and every row of the CSV for one."""
+    generator = fine_tune_data_generator()
+    checks = generator.checks_by_prompt()
+    rng = random.Random(0)
+    unhelpful = generator.cycle_shuffled(generator.RUDE + generator.OFF_TOPIC, rng)
+    answers = [(prompt, response, rating) for prompt, response, rating in generator.make_rows() if prompt in checks]
+    for task in generator.DEFS:
+        prompt, by_rating = generator.answers_for("def", task, rng, unhelpful)
+        answers += [(prompt, response, rating) for rating in (1, 2, 5) for response in by_rating[rating]]
+    answers = list(dict.fromkeys(answers))  # the CSV repeats some candidates
+    passed = finetune.run_checks([(response, checks[prompt]) for prompt, response, _ in answers], 2.0, 512)
+    good = [ok for (_, _, rating), ok in zip(answers, passed) if rating == 5]
+    bad = [(response, ok) for (_, response, rating), ok in zip(answers, passed) if rating <= 2]
+    assert len(good) > len(checks) and all(good)
+    assert sum(finetune.defines_function(response) for response, _ in bad) > len(checks)  # many wrong ones are code
+    assert not any(ok for _, ok in bad), [response for response, ok in bad if ok][:3]
 
 
 def test_finetune_loss_mask_is_exactly_the_response_and_end_token(ft_tokenizer):
