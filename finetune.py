@@ -768,8 +768,10 @@ if __name__ == "__main__":
         if checkpoint["rng"]["cuda"] and device_type == "cuda":
             torch.cuda.set_rng_state(checkpoint["rng"]["cuda"][0].cpu())
         print(f"resuming from {checkpoint_path} at iteration {iter_num}")
-    elif os.path.exists(os.path.join(out_dir, "log.csv")):
-        os.remove(os.path.join(out_dir, "log.csv"))  # a fresh run starts a fresh log
+    else:  # a fresh run starts a fresh log, and judges its own answers
+        for name in ("log.csv", "answers.csv"):
+            if os.path.exists(os.path.join(out_dir, name)):
+                os.remove(os.path.join(out_dir, name))
     del checkpoint
     start_iter = iter_num
     last_saved_iter = iter_num if init_from == "resume" else None  # for the message if the loss turns non-finite
