@@ -24,10 +24,10 @@ then answers each held-out prompt that has checks (checks_path) greedily, and ea
 its prompt's checks in a sandboxed child process: parse rate and pass rate are printed and every answer
 is written to out_dir/answers.csv. Run with --help to list every setting.
 """
+import ast
 import copy
 import csv
 import dataclasses
-import ast
 import hashlib
 import json
 import math
