@@ -2009,10 +2009,11 @@ def test_finetune_compiled_trains_like_eager_and_saves_the_plain_modules_weights
     GPT(GPTConfig(**checkpoint["model_config"])).load_state_dict(checkpoint["model"])  # strict
 
 
-def test_finetune_impossible_optimizer_dropout_or_contrast_settings_are_one_sentence_before_any_work(tmp_path):
+def test_finetune_impossible_optimizer_dropout_contrast_or_dpo_settings_are_one_sentence_before_any_work(tmp_path):
     for override, message in (("--dropout=1.0", "dropout must be in [0, 1), not 1.0"),
                               ("--learning_rate=-1", "learning_rate and weight_decay must be >= 0"),
-                              ("--condition_beta=0", "condition_rank must be >= 0 and condition_beta > 0")):
+                              ("--condition_beta=0", "condition_rank must be >= 0 and condition_beta > 0"),
+                              ("--dpo_beta=0", "dpo_beta must be > 0 and dpo_sft >= 0")):
         result = run_finetune([f"--data_path={tmp_path / 'missing.csv'}", override], check=False)
         assert result.returncode != 0 and message in result.stderr and "Traceback" not in result.stderr
 
@@ -2074,7 +2075,8 @@ def test_finetune_every_training_setting_changes_the_trained_weights(tmp_path, f
                            "dtype": NOT_AUTO_DTYPE, "control": None},
                 "condition": {"condition_contrast": 0.0, "condition_rank": 0.0, "condition_beta": 1.0,
                               "control": None},
-                "kto": {"kto_beta": 1.0, "kto_lambda_desirable": 2.0, "kto_lambda_undesirable": 2.0, "control": None}}
+                "kto": {"kto_beta": 1.0, "kto_lambda_desirable": 2.0, "kto_lambda_undesirable": 2.0, "control": None},
+                "dpo": {"dpo_beta": 1.0, "dpo_sft": 0.5, "control": None}}
 
     def args(mode, name, value=None):
         overrides = dict(rating_mode=mode, max_iters=4, eval_interval=4, **({name: value} if value is not None else {}))
