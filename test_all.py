@@ -1566,7 +1566,7 @@ def test_default_checks_pass_every_5_rated_answer_and_fail_every_answer_rated_1_
     passed = finetune.run_checks([(response, checks[prompt]) for prompt, response, _ in answers], 2.0, 512)
     good = [ok for (_, _, rating), ok in zip(answers, passed) if rating == 5]
     bad = [(response, ok) for (_, response, rating), ok in zip(answers, passed) if rating <= 2]
-    assert len(good) > len(checks) and all(good)
+    assert len(good) == len(checks) and all(good)  # one 5-rated answer a prompt
     assert sum(finetune.defines_function(response) for response, _ in bad) > len(checks)  # many wrong ones are code
     assert not any(ok for _, ok in bad), [response for response, ok in bad if ok][:3]
 
