@@ -12,7 +12,8 @@ bench.py: speed, memory and quality measurements, one section per command-line a
     python bench.py pretrain [--seconds=180]               # the default run with each optimizer, against xz
     python bench.py plot [--runs=out,out-adamw]            # runs' bits per byte against time, and xz: assets/bpb.png
     python bench.py optimizer                              # the cost of an AdamW and a Muon step
-    python bench.py finetune [--modes=weight,filter,...]   # every rating_mode on the default run; a mode may
+    python bench.py finetune [--modes=weight,filter,...]   # every rating_mode on the default run, with parse and
+                                                           # pass rates of the answers it writes; a mode may
                                                            # carry settings: condition:condition_contrast=0
 
 Times are medians of repeated runs; MB means 10^6 bytes of UTF-8 text. Like pretrain.py on CPU, this process
@@ -576,23 +577,26 @@ def run_timed(args):
     return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime), result.stdout
 
 
-def bench_finetune(modes="weight,filter,condition,kto", seeds="1337,1,2", pretrain="auto",
-                   config="config/finetune_small.py"):
-    """Fine-tune the default pretrained run (out/, from config/small.py) in every rating_mode, once per seed (the
-    seed also draws the held-out prompts), and report the means over seeds of: the held-out rating-5 response loss
-    (pretrained -> fine-tuned), the rating-1 loss (higher: the model is less likely to answer rudely or off-topic),
-    the preference score, and the time; then the preference score per pair of ratings (5>4, ..., 2>1), before and
-    after. A mode may carry settings after colons (condition:condition_contrast=0).
-    pretrain='auto' runs `python pretrain.py config/small.py` first only if
-    out/ckpt.pt is missing; 'always' reruns and times it."""
+def bench_finetune(modes="weight,filter,condition,kto,dpo", seeds="1337,1,2", pretrain="auto",
+                   config="config/finetune_small.py", init_from="out"):
+    """Fine-tune the default pretrained run (out/, from config/small.py; or init_from) in every rating_mode, once per
+    seed (the seed also draws the held-out prompts), and report the means over seeds of: the held-out rating-5
+    response loss (pretrained -> fine-tuned), the rating-1 loss (higher: the model is less likely to answer rudely or
+    off-topic), the preference score, and the time; the medians over seeds of what the model writes to the held-out
+    prompts that have checks (data/fine_tune_checks.json): the parse rate (greedy answers that parse as Python and
+    define a function) and the pass rate (greedy answers that pass every check of their prompt, run in finetune.py's
+    sandbox); then the preference score per pair of ratings (5>4, ..., 2>1), before and after. A mode may carry
+    settings after colons (condition:condition_contrast=0). pretrain='auto' runs `python pretrain.py
+    config/small.py` first only if out/ckpt.pt is missing and init_from is the default; 'always' reruns and times
+    it."""
     seeds = seeds.split(",")
     rows = [("run", "rows learned", "rating-5 loss", "change", "rating-1 loss", "preference score",
-             "wall time", "CPU time")]
-    if pretrain == "always" or not os.path.exists(os.path.join(HERE, "out", "ckpt.pt")):
+             "parse rate", "pass rate", "wall time", "CPU time")]
+    if pretrain == "always" or (init_from == "out" and not os.path.exists(os.path.join(HERE, "out", "ckpt.pt"))):
         wall, cpu, _ = run_timed(["pretrain.py", "config/small.py"])
-        rows.append(("python pretrain.py config/small.py", "", "", "", "", "", f"{wall:.0f} s", f"{cpu:.0f} s"))
+        rows.append(("python pretrain.py config/small.py", "", "", "", "", "", "", "", f"{wall:.0f} s", f"{cpu:.0f} s"))
     else:
-        rows.append(("pretrained: the existing out/ckpt.pt (not timed)", "", "", "", "", "", "", ""))
+        rows.append((f"pretrained: the existing {init_from} (not timed)", "", "", "", "", "", "", "", "", ""))
     mean = statistics.mean
     before, after = {}, {}  # run -> each seed's preference per pair of ratings, before and after fine-tuning
     for run in modes.split(","):
@@ -601,12 +605,17 @@ def bench_finetune(modes="weight,filter,condition,kto", seeds="1337,1,2", pretra
         for seed in seeds:
             out_dir = f"out-finetune-{mode}"
             wall, cpu, stdout = run_timed(["finetune.py", config, f"--rating_mode={mode}", f"--out_dir={out_dir}",
-                                           f"--seed={seed}", *[f"--{setting}" for setting in settings]])
+                                           f"--seed={seed}", f"--init_from={init_from}", "--answer_checks=True",
+                                           *[f"--{setting}" for setting in settings]])
             with open(os.path.join(HERE, out_dir, "log.csv")) as f:
                 log = list(csv.DictReader(f))
+            with open(os.path.join(HERE, out_dir, "answers.csv")) as f:
+                answers = list(csv.DictReader(f))
             learned = next(int(line.split(": ")[1].split()[0]) for line in stdout.splitlines()
                            if " rows for training" in line)
-            runs.append({"first": log[0], "last": log[-1], "wall": wall, "cpu": cpu, "learned": learned})
+            runs.append({"first": log[0], "last": log[-1], "wall": wall, "cpu": cpu, "learned": learned,
+                         "parse": statistics.mean(a["parses"] == "True" for a in answers),
+                         "pass": statistics.mean(a["passes"] == "True" for a in answers)})
 
         def avg(row, key):
             return mean(float(r[row][key]) for r in runs)
@@ -618,13 +627,15 @@ def bench_finetune(modes="weight,filter,condition,kto", seeds="1337,1,2", pretra
                      f"{avg('first', 'pref_score'):.3f} -> {avg('last', 'pref_score'):.3f} "
                      f"({min(float(r['last']['pref_score']) for r in runs):.2f}-"
                      f"{max(float(r['last']['pref_score']) for r in runs):.2f})",
+                     *[f"{statistics.median(r[key] for r in runs):.0%} ({min(r[key] for r in runs):.0%}-"
+                       f"{max(r[key] for r in runs):.0%})" for key in ("parse", "pass")],
                      f"{mean(r['wall'] for r in runs):.0f} s", f"{mean(r['cpu'] for r in runs):.0f} s"))
         pretrained = "pretrained, under the top rating token" if mode == "condition" else "pretrained"
         before.setdefault(pretrained, [r["first"]["pref_by_pair"] for r in runs])
         after[name] = [r["last"]["pref_by_pair"] for r in runs]
     print_table(f"fine-tuning on data/fine_tune_data.csv with {config}: held-out prompts, means over seeds {seeds} "
-                f"(preference range in brackets); {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at "
-                f"the end", rows)
+                f"(preference range in brackets), parse and pass rates as medians (range); {os.cpu_count()} CPUs, "
+                f"load average {os.getloadavg()[0]:.1f} at the end", rows)
     # which distinctions each mode learns: log.csv's pref_by_pair reads '5>4=0.810 5>3=1.000 ...'
     by_pair = {name: [dict(item.split("=") for item in log.split()) for log in logs]
                for name, logs in {**before, **after}.items()}

@@ -15,19 +15,29 @@ and only the response and the end token are learned. rating_mode says what the r
              against a differently rated answer to the same prompt; sampling asks for <|rating_5|>
   kto        rows rated 4-5 are desirable and 1-2 undesirable (3 is left out), trained with KTO
              (Ethayarajh et al. 2024) against the frozen pretrained model, so bad answers are pushed down
+  dpo        every higher-rated answer to a prompt is paired with every lower-rated one (equal ratings make
+             no pair), trained with DPO (Rafailov et al. 2023) against the frozen pretrained model
 Prompts are split into training and validation; every evaluation logs the response loss of each rating
-and the preference score (overall and per pair of ratings) to out_dir/log.csv. Run with --help to list
-every setting.
+and the preference score (overall and per pair of ratings) to out_dir/log.csv, and in kto and dpo modes
+the reward margin of the training batches since the last evaluation. With --answer_checks=True the model
+then answers each held-out prompt that has checks (checks_path) greedily, and each answer is run against
+its prompt's checks in a sandboxed child process: parse rate and pass rate are printed and every answer
+is written to out_dir/answers.csv. Run with --help to list every setting.
 """
+import ast
 import copy
 import csv
 import dataclasses
 import hashlib
+import json
 import math
 import os
 import random
 import shutil
 import signal
+import subprocess
+import sys
+import tempfile
 import time
 from contextlib import nullcontext
 
@@ -48,7 +58,7 @@ data_path = "data/fine_tune_data.csv"
 out_dir = "out-finetune"  # must differ from the pretrained run's directory, which is never written to
 skip_bad_rows = False  # True skips rows with a bad rating or an empty field (and says how many) instead of stopping
 # how ratings are used
-rating_mode = "filter"  # 'weight', 'filter', 'condition' or 'kto' (see above)
+rating_mode = "filter"  # 'weight', 'filter', 'condition', 'kto' or 'dpo' (see above)
 min_rating = 4  # filter: the lowest rating that is learned
 condition_contrast = 1.0  # condition: weight of the contrast term (see contrast_loss); 0 turns it off
 condition_rank = 0.5  # condition: weight of the ranking term (see rank_loss); 0 turns it off
@@ -56,6 +66,8 @@ condition_beta = 5.0  # condition: how sharply both terms saturate in the per-to
 kto_beta = 0.1  # kto: how sharply the value function saturates in the log-probability ratio
 kto_lambda_desirable = 1.0  # kto: weight of desirable rows
 kto_lambda_undesirable = 1.0  # kto: weight of undesirable rows (loss aversion when larger)
+dpo_beta = 0.1  # dpo: how sharply the loss saturates in the summed log-probability ratios (0.1 as in the paper)
+dpo_sft = 0.0  # dpo: weight of an SFT term, the mean loss per token of each pair's higher-rated answer
 # training
 max_iters = 150
 n_epochs = 0.0  # if > 0, train for this many passes over the training rows instead of max_iters
@@ -71,13 +83,21 @@ beta1 = 0.9
 beta2 = 0.99
 grad_clip = 1.0  # 0 turns clipping off
 dropout = 0.0  # replaces the pretrained run's dropout
+# judging what the model writes (runs model-written code, in a sandboxed child process; off unless asked for)
+answer_checks = False  # True: after training, answer each held-out prompt that has checks and run its checks
+checks_path = "data/fine_tune_checks.json"  # {prompt: [Python expression a correct answer makes true, ...]}
+answer_tokens = 160  # the most tokens of one greedy answer
+check_seconds = 2.0  # wall-clock and CPU limit of each answer's run
+check_memory_mb = 512  # address-space limit of the process that runs the answers
 # system
 device = "auto"  # 'auto' picks cuda, then mps, then cpu
 dtype = "auto"  # 'bfloat16' (autocast) where the device multiplies it natively, else 'float32'; or either by name
 compile = False  # torch.compile the model (batches are then padded to max_seq_len to keep one shape)
 seed = 1337
 # -----------------------------------------------------------------------------
-RATING_MODES = ("weight", "filter", "condition", "kto")
+RATING_MODES = ("weight", "filter", "condition", "kto", "dpo")
+REFERENCE_MODES = ("kto", "dpo")  # the modes that train against a frozen copy of the pretrained model
+REWARD_COLUMNS = ("reward_margin", "reward_accuracy", "chosen_logprob")  # log.csv, reference modes only
 PROMPT, RESPONSE, END = "<|prompt|>", "<|response|>", "<|endoftext|>"
 COLUMNS = ("prompt", "response", "rating")
 HEAD_ELEMENTS = 1 << 22  # logits scored at once: 16 MiB in float32
@@ -246,6 +266,16 @@ def prepare(tokenizer, df, rating_mode, max_seq_len):
     return examples, n_cut, n_long
 
 
+def preference_pairs(examples):
+    """dpo's (chosen, rejected) pairs: within each prompt, every answer with every lower-rated one (equal ratings
+    make no pair). Returns (pairs, the number of prompts that have none)."""
+    by_prompt = {}
+    for e in examples:
+        by_prompt.setdefault(e.prompt, []).append(e)
+    pairs = [(a, b) for answers in by_prompt.values() for a in answers for b in answers if a.rating > b.rating]
+    return pairs, sum(len({e.rating for e in answers}) < 2 for answers in by_prompt.values())
+
+
 def collate(pairs, pad_id, device, pad_to=None):
     """Stack (x, y) lists into (B, T) tensors, padded on the right; padded targets are -1, so the loss skips them."""
     T = pad_to or max(len(x) for x, _ in pairs)
@@ -318,6 +348,15 @@ def kto_loss(logprobs, ref_logprobs, kl_logprobs, kl_ref_logprobs, desirable, be
     return (lam - value).mean(), z0
 
 
+def dpo_loss(chosen_logprobs, rejected_logprobs, ref_chosen_logprobs, ref_rejected_logprobs, beta):
+    """DPO (Rafailov et al. 2023): an answer's implicit reward is beta * (log pi(y|x) - log pi_ref(y|x)), each
+    log-probability summed over the response and end token; loss = mean over pairs of -log sigmoid(chosen reward -
+    rejected reward). Returns (loss, chosen rewards (B,), rejected rewards (B,)), the rewards detached."""
+    chosen = beta * (chosen_logprobs - ref_chosen_logprobs)
+    rejected = beta * (rejected_logprobs - ref_rejected_logprobs)
+    return F.softplus(rejected - chosen).mean(), chosen.detach(), rejected.detach()
+
+
 def preference_score(scored):
     """scored: (prompt, rating, mean log-prob per token) triples. Over prompts with differently rated responses,
     the fraction of (higher, lower)-rated pairs where the higher-rated one scores higher (a tie counts half), None
@@ -386,9 +425,11 @@ def lr_at(it, total_iters):
 
 
 def training_loss(batch):
-    """The loss of one batch of Examples under rating_mode, and a dict of things worth logging."""
+    """The loss of one batch under rating_mode (Examples, or in dpo mode (chosen, rejected) pairs of them), and a dict
+    of things worth logging."""
     B = len(batch)
-    pairs = [join(e.prefix, e.prompt_ids, e.reply, max_seq_len)[:2] for e in batch]
+    rows = [c for c, _ in batch] + [r for _, r in batch] if rating_mode == "dpo" else batch  # dpo: chosen first
+    pairs = [join(e.prefix, e.prompt_ids, e.reply, max_seq_len)[:2] for e in rows]
     contrast = rating_mode == "condition" and condition_contrast > 0
     rank = rating_mode == "condition" and condition_rank > 0
     if contrast or rank:  # the same rows with their contrasting rating token first, in the same forward pass
@@ -400,7 +441,7 @@ def training_loss(batch):
     x, y = collate(pairs, pad_id, run_device, pad_to)
     with autocast:
         logprobs, n_tokens = sequence_logprobs(model, x, y)
-    if rating_mode != "kto":
+    if rating_mode not in REFERENCE_MODES:
         weights = torch.tensor([e.weight for e in batch], device=run_device)
         loss, logged = weighted_loss(logprobs[:B], n_tokens[:B], weights), {}
         if contrast:
@@ -413,17 +454,30 @@ def training_loss(batch):
                                   condition_beta)
             loss, logged["rank"] = loss + condition_rank * rank_term, rank_term.item()
         return loss, logged
+    with torch.no_grad(), autocast:  # the frozen reference reads exactly what the model reads
+        ref_logprobs, _ = sequence_logprobs(reference, x, y)
+    if rating_mode == "dpo":
+        loss, chosen, rejected = dpo_loss(logprobs[:B], logprobs[B:], ref_logprobs[:B], ref_logprobs[B:], dpo_beta)
+        if dpo_sft > 0:
+            loss = loss + dpo_sft * weighted_loss(logprobs[:B], n_tokens[:B], torch.ones(B, device=run_device))
+        return loss, {"reward_margin": (chosen - rejected).mean().item(),
+                      "reward_accuracy": (chosen > rejected).float().mean().item(),
+                      "chosen_logprob": (logprobs[:B] / n_tokens[:B].clamp(min=1)).mean().item()}
     # kto: each prompt paired with the next row's response estimates the KL term
     mismatched = [join(a.prefix, a.prompt_ids, b.reply, max_seq_len)[:2] for a, b in zip(batch, batch[1:] + batch[:1])]
     xm, ym = collate(mismatched, pad_id, run_device, pad_to)
     with torch.no_grad(), autocast:
-        ref_logprobs, _ = sequence_logprobs(reference, x, y)
         kl_logprobs, _ = sequence_logprobs(model, xm, ym)
         kl_ref_logprobs, _ = sequence_logprobs(reference, xm, ym)
     desirable = torch.tensor([e.desirable for e in batch], device=run_device)
     loss, z0 = kto_loss(logprobs, ref_logprobs, kl_logprobs, kl_ref_logprobs, desirable, kto_beta,
                         kto_lambda_desirable, kto_lambda_undesirable)
-    return loss, {"z0": z0.item()}
+    logged = {"z0": z0.item()}
+    if desirable.any() and not desirable.all():  # the mean reward of the desirable rows above the undesirable ones
+        reward = (logprobs - ref_logprobs).detach()
+        logged["reward_margin"] = (reward[desirable].mean() - reward[~desirable].mean()).item()
+        logged["chosen_logprob"] = (logprobs[desirable] / n_tokens[desirable].clamp(min=1)).mean().item()
+    return loss, logged
 
 
 def rng_state():
@@ -445,7 +499,7 @@ def write_checkpoint():
         "rng": rng_state(), "rating_mode": rating_mode, "template": template, "base_checkpoint": base_path,
         "data_sha256": data_sha,
     }
-    if rating_mode == "kto":  # the frozen reference travels with the run, so a resume needs nothing else
+    if rating_mode in REFERENCE_MODES:  # the frozen reference travels with the run, so a resume needs nothing else
         checkpoint["reference_model"] = reference.state_dict()
     save_checkpoint(checkpoint, os.path.join(out_dir, "ckpt.pt"))
     global last_saved_iter
@@ -474,6 +528,99 @@ def fmt(value, digits=4):
     return "" if value is None else f"{value:.{digits}f}"
 
 
+def greedy_answer(model, tokenizer, prefix, prompt, max_new_tokens):
+    """The answer sample.py gives at temperature 0: the prompt in the fine-tuning template (prefix: the template's
+    tokens before the prompt), continued up to the end token, which is not part of the answer."""
+    special = tokenizer.special_tokens
+    prompt_ids = tokenizer.encode(prompt)[-(model.config.max_seq_len - len(prefix) - 2):]  # its end matters most
+    ids = prefix + prompt_ids + [special[RESPONSE]]
+    new = model.generate(torch.tensor([ids], device=next(model.parameters()).device), max_new_tokens,
+                         temperature=0, stop_token=special[END])[0, len(ids):].tolist()
+    return tokenizer.decode([t for t in new if t != special[END]])
+
+
+def defines_function(answer):
+    """Whether an answer parses as Python and defines a function (parse rate counts these)."""
+    try:
+        tree = ast.parse(answer)
+    except (SyntaxError, ValueError, RecursionError, MemoryError):  # ValueError: a NUL byte
+        return False
+    return any(isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) for node in ast.walk(tree))
+
+
+# the child process that runs model-written answers: it limits its own memory and the size of the files it writes,
+# then forks one process per answer, in a directory of its own, with stdin, stdout and stderr on /dev/null, a CPU
+# limit and a wall-clock deadline. A pass is a byte on a pipe, written after every check was true, so an answer that
+# exits early with status 0 does not pass. It prints one JSON list: whether each answer passed.
+SANDBOX = r"""
+import json, os, resource, signal, sys, time
+seconds, memory = float(sys.argv[1]), int(sys.argv[2])
+resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
+resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
+passed = []
+for i, (answer, checks) in enumerate(json.load(sys.stdin)):
+    os.mkdir(str(i))
+    verdict, verdict_out = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.setsid()  # its own process group, so that whatever it starts is killed with it
+        os.close(verdict)
+        os.chdir(str(i))
+        resource.setrlimit(resource.RLIMIT_CPU, (int(seconds) + 1, int(seconds) + 1))
+        quiet = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(quiet, fd)
+        try:
+            namespace = {}
+            exec(answer, namespace)
+            if all(bool(eval(check, namespace)) for check in checks):
+                os.write(verdict_out, b"1")
+        except BaseException:
+            pass
+        os._exit(0)
+    os.close(verdict_out)
+    deadline = time.monotonic() + seconds
+    while os.waitpid(pid, os.WNOHANG)[0] == 0:
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            break
+        time.sleep(0.002)
+    try:
+        os.killpg(pid, signal.SIGKILL)  # whatever the answer started and left running
+    except (ProcessLookupError, PermissionError):
+        pass
+    os.set_blocking(verdict, False)
+    try:
+        passed.append(os.read(verdict, 1) == b"1")
+    except BlockingIOError:  # a process the answer started still holds the pipe, empty
+        passed.append(False)
+    os.close(verdict)
+print(json.dumps(passed))
+"""
+
+
+def run_checks(jobs, seconds, memory_mb):
+    """For each (answer, checks) of jobs, whether the answer runs and makes every check true. Model-written code
+    runs only in SANDBOX's child process: an empty environment, a temporary working directory removed afterwards,
+    and per answer a wall-clock and CPU limit of seconds and an address space of memory_mb. An answer that hangs,
+    crashes or runs out of memory fails, and nothing it does stops the caller."""
+    if not jobs:
+        return []
+    workdir = tempfile.mkdtemp(prefix="answers-")
+    try:
+        result = subprocess.run([sys.executable, "-I", "-S", "-c", SANDBOX, str(seconds), str(memory_mb << 20)],
+                                input=json.dumps(jobs), capture_output=True, text=True, env={}, cwd=workdir,
+                                timeout=len(jobs) * (seconds + 1) + 30, start_new_session=True)
+        passed = json.loads(result.stdout)
+    except (subprocess.TimeoutExpired, ValueError, OSError) as e:
+        print(f"the checks could not run ({type(e).__name__}); every answer counts as failed")
+        passed = [False] * len(jobs)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return passed
+
+
 # -----------------------------------------------------------------------------
 if __name__ == "__main__":
     settings = configure(globals(), json_sections=("finetuning",))
@@ -488,6 +635,11 @@ if __name__ == "__main__":
             raise SystemExit(f"{name} must be at least 1, not {globals()[name]}")
     if max_iters < 0 or n_epochs < 0:
         raise SystemExit(f"max_iters and n_epochs must not be negative (got {max_iters} and {n_epochs})")
+    if dpo_beta <= 0 or dpo_sft < 0:
+        raise SystemExit(f"dpo_beta must be > 0 and dpo_sft >= 0 (got {dpo_beta} and {dpo_sft})")
+    if answer_tokens < 1 or check_seconds <= 0 or check_memory_mb < 64:
+        raise SystemExit(f"answer_tokens must be at least 1, check_seconds above 0 and check_memory_mb at least 64 "
+                         f"(got {answer_tokens}, {check_seconds} and {check_memory_mb})")
     if condition_contrast < 0 or condition_rank < 0 or condition_beta <= 0:
         raise SystemExit(f"condition_contrast and condition_rank must be >= 0 and condition_beta > 0 (got "
                          f"{condition_contrast}, {condition_rank} and {condition_beta})")
@@ -583,12 +735,20 @@ if __name__ == "__main__":
     print(f"{len(df)} rows, {df['prompt'].nunique()} prompts: {len(train_examples)} rows for training (ratings "
           f"{ratings}), {len(val_examples)} rows of {val_df['prompt'].nunique()} prompts held out; "
           f"rating_mode={rating_mode}, {run_device}, {run_dtype}")
+    train_items = train_examples  # what a batch is drawn from: rows, or in dpo mode pairs of rows
+    if rating_mode == "dpo":
+        train_items, n_alone = preference_pairs(train_examples)
+        print(f"dpo: {len(train_items)} pairs of differently rated answers to the same prompt; left out {n_alone} "
+              f"training prompts that have none")
+        if not train_items:
+            raise SystemExit(f"{data_path} has no training prompt with two differently rated answers, so dpo has "
+                             f"no pairs; add rows or choose another rating_mode")
 
-    # model, optimizer, and in kto mode the frozen reference
+    # model, optimizer, and in kto and dpo modes the frozen reference
     model = GPT(model_config).to(run_device)
     model.load_state_dict(checkpoint["model"])
     reference = None
-    if rating_mode == "kto":
+    if rating_mode in REFERENCE_MODES:
         reference = copy.deepcopy(model).eval()  # the pretrained model, frozen
         if init_from == "resume":
             reference.load_state_dict(checkpoint["reference_model"])
@@ -596,7 +756,7 @@ if __name__ == "__main__":
     (optimizer,) = model.configure_optimizers("adamw", learning_rate, weight_decay, (beta1, beta2), device_type)
     total_iters = max_iters
     if n_epochs > 0:
-        total_iters = math.ceil(n_epochs * len(train_examples) / batch_size)
+        total_iters = math.ceil(n_epochs * len(train_items) / batch_size)
         print(f"n_epochs={n_epochs}: {total_iters} iterations, in place of max_iters={max_iters} "
               f"(--n_epochs=0 trains for max_iters)")
     iter_num, best_val_loss = 0, float("inf")
@@ -607,8 +767,10 @@ if __name__ == "__main__":
         if checkpoint["rng"]["cuda"] and device_type == "cuda":
             torch.cuda.set_rng_state(checkpoint["rng"]["cuda"][0].cpu())
         print(f"resuming from {checkpoint_path} at iteration {iter_num}")
-    elif os.path.exists(os.path.join(out_dir, "log.csv")):
-        os.remove(os.path.join(out_dir, "log.csv"))  # a fresh run starts a fresh log
+    else:  # a fresh run starts a fresh log, and judges its own answers
+        for name in ("log.csv", "answers.csv"):
+            if os.path.exists(os.path.join(out_dir, name)):
+                os.remove(os.path.join(out_dir, name))
     del checkpoint
     start_iter = iter_num
     last_saved_iter = iter_num if init_from == "resume" else None  # for the message if the loss turns non-finite
@@ -628,6 +790,7 @@ if __name__ == "__main__":
 
     progress = tqdm(total=total_iters, initial=iter_num, dynamic_ncols=True)
     run_start, last_eval_iter, train_loss, first, metrics = time.time(), None, None, None, None
+    rewards = {name: [] for name in REWARD_COLUMNS}  # each training step's, since the last evaluation
     while True:
         if (iter_num % eval_interval == 0 or iter_num >= total_iters) and iter_num != last_eval_iter:
             if not (iter_num == start_iter and init_from == "resume"):  # the checkpoint already covers it
@@ -637,11 +800,13 @@ if __name__ == "__main__":
                 if not all(map(math.isfinite, losses)):
                     stop_on_non_finite("held-out response losses", ", ".join(map(str, losses)))
                 first = first or metrics
-                log_evaluation({"iter": iter_num, "epoch": f"{iter_num * batch_size / len(train_examples):.2f}",
+                log_evaluation({"iter": iter_num, "epoch": f"{iter_num * batch_size / len(train_items):.2f}",
                                 "train_loss": fmt(train_loss),
                                 **{f"val_loss_r{r}": fmt(metrics[f"loss_r{r}"]) for r in range(1, 6)},
                                 "pref_score": fmt(metrics["pref"], 3),
                                 "pref_by_pair": " ".join(f"{k}={v:.3f}" for k, v in metrics["pref_by_pair"].items()),
+                                **({name: fmt(sum(v) / len(v) if v else None) for name, v in rewards.items()}
+                                   if rating_mode in REFERENCE_MODES else {}),
                                 "lr": f"{lr_at(max(iter_num - 1, 0), total_iters):.3e}",
                                 "elapsed_s": f"{time.time() - run_start:.1f}"})
                 progress.write(f"iter {iter_num}: val response loss by rating "
@@ -651,6 +816,7 @@ if __name__ == "__main__":
                     best_val_loss = min(best_val_loss, metrics["loss_r5"])
                 if iter_num > start_iter:
                     write_checkpoint()
+                rewards = {name: [] for name in REWARD_COLUMNS}
             last_eval_iter = iter_num
         if iter_num >= total_iters:
             break
@@ -665,8 +831,11 @@ if __name__ == "__main__":
         lr = lr_at(iter_num, total_iters)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        batch = [train_examples[i] for i in batch_indices(iter_num, len(train_examples), batch_size, seed)]
+        batch = [train_items[i] for i in batch_indices(iter_num, len(train_items), batch_size, seed)]
         loss, extra = training_loss(batch)
+        for name in REWARD_COLUMNS:
+            if name in extra:
+                rewards[name].append(extra[name])
         if not math.isfinite(loss.item()):
             stop_on_non_finite("loss", loss.item())
         loss.backward()
@@ -688,3 +857,28 @@ if __name__ == "__main__":
                         f"({1 - last['loss_r5'] / first['loss_r5']:.0%} lower), preference score "
                         f"{fmt(first['pref'], 3)} -> {fmt(last['pref'], 3)}")
         print(summary)
+
+    # what the model writes: greedy answers to the held-out prompts that have checks, run in a sandbox
+    if answer_checks and iter_num >= total_iters:
+        checks = {}
+        if os.path.isfile(checks_path):
+            with open(checks_path, encoding="utf-8") as f:
+                checks = json.load(f)
+        prompts = [p for p in dict.fromkeys(val_df["prompt"]) if checks.get(p)]
+        if not prompts:
+            print(f"none of the {val_df['prompt'].nunique()} held-out prompts has checks in {checks_path}; parse "
+                  f"and pass rates are not measured")
+        else:
+            if compile:
+                del model.hidden_states  # the plain method: generation's shapes change at every step
+            model.eval()
+            with autocast:
+                answers = [greedy_answer(model, tokenizer, sample_prefix or [special[PROMPT]], p, answer_tokens)
+                           for p in tqdm(prompts, desc="answering", leave=False)]
+            passed = run_checks([(a, checks[p]) for p, a in zip(prompts, answers)], check_seconds, check_memory_mb)
+            parses = [defines_function(a) for a in answers]
+            answers_path = os.path.join(out_dir, "answers.csv")
+            pd.DataFrame({"prompt": prompts, "answer": answers, "parses": parses, "passes": passed}).to_csv(
+                answers_path, index=False)
+            print(f"greedy answers to the {len(prompts)} held-out prompts with checks: parse rate "
+                  f"{sum(parses) / len(prompts):.0%}, pass rate {sum(passed) / len(prompts):.0%} ({answers_path})")

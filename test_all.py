@@ -1598,18 +1598,45 @@ def ft_rows(words=("cat", "dog", "sun", "hat", "pen", "cup", "box", "bee")):
     return rows
 
 
-def test_default_fine_tune_data_is_what_its_generator_writes_and_has_the_promised_shape():
+def fine_tune_data_generator():
     spec = importlib.util.spec_from_file_location("make_fine_tune_data", os.path.join(REPO, "data", "make_fine_tune_data.py"))
     generator = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(generator)
-    generator.check()  # every good function passes its test, every wrong one fails, every stated fact is evaluated
+    return generator
+
+
+def test_default_fine_tune_data_is_what_its_generator_writes_and_has_the_promised_shape():
+    generator = fine_tune_data_generator()
+    generator.check()  # every good function passes its checks, every wrong one fails one, every stated fact is evaluated
     path = os.path.join(REPO, "data", "fine_tune_data.csv")
     df = finetune.clean_rows(finetune.read_rows(path), path)
     assert list(df.itertuples(index=False, name=None)) == [(p, r.strip(), k) for p, r, k in generator.make_rows()]
+    with open(os.path.join(REPO, "data", "fine_tune_checks.json"), encoding="utf-8") as f:
+        assert json.load(f) == generator.checks_by_prompt()
     per_prompt = df.groupby("prompt", sort=False)["rating"].agg(list)
     assert len(per_prompt) >= 100
     assert all(2 <= len(ratings) <= 4 and len(set(ratings)) == len(ratings) for ratings in per_prompt)
     assert set(df["rating"]) == {1, 2, 3, 4, 5}
+
+
+def test_default_checks_pass_every_5_rated_answer_and_fail_every_answer_rated_1_or_2():
+    """Run in finetune.py's sandbox, as fine-tuned answers are: every candidate answer the generator writes for a
+    prompt with checks, and every row of the CSV for one."""
+    generator = fine_tune_data_generator()
+    checks = generator.checks_by_prompt()
+    rng = random.Random(0)
+    unhelpful = generator.cycle_shuffled(generator.RUDE + generator.OFF_TOPIC, rng)
+    answers = [(prompt, response, rating) for prompt, response, rating in generator.make_rows() if prompt in checks]
+    for task in generator.DEFS:
+        prompt, by_rating = generator.answers_for("def", task, rng, unhelpful)
+        answers += [(prompt, response, rating) for rating in (1, 2, 5) for response in by_rating[rating]]
+    answers = list(dict.fromkeys(answers))  # the CSV repeats some candidates
+    passed = finetune.run_checks([(response, checks[prompt]) for prompt, response, _ in answers], 2.0, 512)
+    good = [ok for (_, _, rating), ok in zip(answers, passed) if rating == 5]
+    bad = [(response, ok) for (_, response, rating), ok in zip(answers, passed) if rating <= 2]
+    assert len(good) == len(checks) and all(good)  # one 5-rated answer a prompt
+    assert sum(finetune.defines_function(response) for response, _ in bad) > len(checks)  # many wrong ones are code
+    assert not any(ok for _, ok in bad), [response for response, ok in bad if ok][:3]
 
 
 def test_finetune_loss_mask_is_exactly_the_response_and_end_token(ft_tokenizer):
@@ -1734,6 +1761,28 @@ def test_finetune_rivals_are_other_ratings_of_the_same_prompt_drawn_the_same_on_
     assert finetune.rivals(rows, by_prompt, seed=1337, it=7) == draws[7]  # a resumed run's draw at iteration 7
 
 
+def test_finetune_dpo_pairs_every_answer_with_every_lower_rated_answer_to_the_same_prompt():
+    rows = [finetune.Example([], [], [], rating, prompt) for prompt, rating in
+            [("a", 5), ("a", 3), ("a", 3), ("a", 1), ("b", 4), ("c", 2), ("c", 2), ("d", 1), ("d", 2)]]
+    pairs, n_alone = finetune.preference_pairs(rows)
+    assert [(chosen.prompt, chosen.rating, rejected.rating) for chosen, rejected in pairs] == [
+        ("a", 5, 3), ("a", 5, 3), ("a", 5, 1), ("a", 3, 1), ("a", 3, 1), ("d", 2, 1)]
+    assert all(chosen is not rejected for chosen, rejected in pairs)
+    assert n_alone == 2  # b has one answer, c two equally rated ones
+
+
+def test_finetune_dpo_loss_matches_a_hand_computed_value():
+    chosen, rejected = torch.tensor([-10.0, -20.0], requires_grad=True), torch.tensor([-12.0, -15.0], requires_grad=True)
+    ref_chosen, ref_rejected = torch.tensor([-11.0, -18.0]), torch.tensor([-11.0, -16.0])
+    loss, chosen_rewards, rejected_rewards = finetune.dpo_loss(chosen, rejected, ref_chosen, ref_rejected, beta=0.5)
+    assert chosen_rewards.tolist() == [0.5, -1.0] and rejected_rewards.tolist() == [-0.5, 0.5]  # 0.5 * (1, -2, -1, 1)
+    margins = [0.5 - (-0.5), -1.0 - 0.5]
+    assert loss.item() == pytest.approx(sum(math.log(1 + math.exp(-m)) for m in margins) / 2)
+    loss.backward()  # chosen up, rejected down; hardest on the pair the model ranks the wrong way
+    assert (chosen.grad < 0).all() and (rejected.grad > 0).all() and chosen.grad[1] < chosen.grad[0]
+    assert chosen.grad[0].item() == pytest.approx(-0.5 * 0.5 * (1 - 1 / (1 + math.exp(-1.0))))
+
+
 def test_finetune_preference_score_counts_higher_rated_pairs():
     scored = [("p", 5, -1.0), ("p", 3, -2.0), ("p", 1, -0.5),  # 5>3 right, 5>1 wrong, 3>1 wrong
               ("q", 4, -1.0), ("q", 2, -1.0),                   # a tie counts half
@@ -1784,6 +1833,48 @@ def test_finetune_a_tiny_finetune_lowers_the_response_loss(tmp_path, ft_tokenize
         optimizer.zero_grad()
     after = finetune.evaluate(model, examples, 32, pad, "cpu", 8)["loss_r5"]
     assert after < 0.5 * before
+
+
+# ---- finetune.py: judging model-written answers ---------------------------------------------------
+
+def test_parse_rate_counts_answers_that_parse_and_define_a_function():
+    assert finetune.defines_function("def f(x):\n    return x")
+    assert finetune.defines_function("import math\n\nasync def g():\n    pass")
+    assert not finetune.defines_function("x = 1")  # Python, but no function
+    assert not finetune.defines_function("defdef ps(xs):\n    return")
+    assert not finetune.defines_function("def f(x):\n    return x\x00")
+
+
+def test_run_checks_passes_an_answer_only_when_every_check_is_true():
+    add_one = "def f(x):\n    return x + 1"
+    jobs = [(add_one, ["f(1) == 2", "f(-1) == 0"]), (add_one, ["f(1) == 2", "f(1) == 3"]), (add_one, [])]
+    assert finetune.run_checks(jobs, 2.0, 512) == [True, False, True]
+
+
+def test_run_checks_fails_answers_that_hang_exhaust_memory_crash_raise_or_exit_early_and_goes_on():
+    jobs = [("def f():\n    while True:\n        pass", ["f()"]),
+            ("def f():\n    import time\n    time.sleep(60)", ["f()"]),
+            ("def f():\n    xs = []\n    while True:\n        xs.append(bytearray(1 << 20))", ["f()"]),
+            ("def f():\n    return '*' * (1 << 40)", ["f()"]),
+            ("def f():\n    raise ValueError('no')", ["f()"]),
+            ("import os\nos._exit(0)", ["True"]),  # exits with success before any check runs
+            ("import ctypes\nctypes.string_at(0)", ["True"]),  # a segmentation fault
+            ("print('[true]')\ndef f():\n    return False", ["f()"]),  # printing cannot pass it
+            ("def f():\n    return 1", ["f() == 1"])]
+    start = time.time()
+    assert finetune.run_checks(jobs, 1.0, 256) == [False] * 8 + [True]
+    assert time.time() - start < 30  # each hang ends at its limit
+
+
+def test_run_checks_gives_answers_an_empty_environment_and_a_temporary_directory_that_is_removed(tmp_path,
+                                                                                                monkeypatch):
+    monkeypatch.setenv("A_SECRET_OF_THE_CALLER", "1")
+    monkeypatch.setattr(finetune.tempfile, "tempdir", str(tmp_path))
+    answer = "import os\nopen('left.txt', 'w').write('x')\ndef f():\n    return os.environ, os.getcwd()"
+    checks = ["'A_SECRET_OF_THE_CALLER' not in f()[0] and 'PATH' not in f()[0]",
+              f"f()[1].startswith({str(tmp_path)!r}) and os.path.exists('left.txt')"]
+    assert finetune.run_checks([(answer, checks)], 2.0, 512) == [True]
+    assert os.listdir(tmp_path) == []
 
 
 # ---- finetune.py: bad input, one sentence each -----------------------------------------------------
@@ -1903,7 +1994,7 @@ def ft_args(tmp_path, out, **overrides):
     return [f"--{k}={v}" for k, v in settings.items()]
 
 
-@pytest.mark.parametrize("mode", ["kto", "condition"])  # each with a random draw of its own: kto's reference, rivals
+@pytest.mark.parametrize("mode", ["kto", "condition", "dpo"])  # each with a draw of its own: a reference, rivals
 def test_finetune_script_logs_saves_and_resumes_bit_identically(tmp_path, ft_tokenizer, mode):
     pretrained_run(tmp_path / "out", ft_tokenizer)
     write_csv(tmp_path / "d.csv", ft_rows())
@@ -1925,9 +2016,44 @@ def test_finetune_script_logs_saves_and_resumes_bit_identically(tmp_path, ft_tok
         log = list(csv.DictReader(f))
     assert [r["iter"] for r in log] == ["0", "4", "8"] and all(0 <= float(r["pref_score"]) <= 1 for r in log)
     assert all(re.fullmatch(r"([1-5]>[1-5]=[01]\.\d{3} ?)+", r["pref_by_pair"]) for r in log)
+    assert ("reward_margin" in log[0]) == (mode in ("kto", "dpo")) and (mode != "dpo" or log[-1]["reward_accuracy"])
     assert os.path.exists(tmp_path / "a" / "tokenizer.json")
+    assert not os.path.exists(tmp_path / "a" / "answers.csv")  # model-written code runs only when asked for
     with open(tmp_path / "out" / "ckpt.pt", "rb") as f:
         assert f.read() == pretrained  # the pretrained run is never written to
+
+
+def test_finetune_answer_checks_judge_the_answer_sample_py_writes_to_each_held_out_prompt_with_checks(tmp_path,
+                                                                                                    ft_tokenizer):
+    pretrained_run(tmp_path / "out", ft_tokenizer)
+    write_csv(tmp_path / "d.csv", ft_rows())
+    with open(tmp_path / "checks.json", "w") as f:
+        json.dump({f"Repeat {w}.": ["True"] for w in ("cat", "dog", "sun", "hat", "pen", "cup", "box", "bee")}, f)
+    result = run_finetune(ft_args(tmp_path, "a", max_iters=2, answer_checks=True, checks_path=tmp_path / "checks.json",
+                                  answer_tokens=12))
+    df = finetune.clean_rows(finetune.read_rows(tmp_path / "d.csv"), "d.csv")
+    held_out = list(dict.fromkeys(finetune.split_by_prompt(df, 0.2, 1337)[1]["prompt"]))
+    answers = finetune.pd.read_csv(tmp_path / "a" / "answers.csv", dtype=str, keep_default_na=False)
+    assert answers["prompt"].tolist() == held_out
+    for prompt, answer in zip(held_out, answers["answer"]):
+        written = run_script("sample.py", [f"--out_dir={tmp_path / 'a'}", f"--start={prompt}", "--temperature=0",
+                                           "--max_new_tokens=12"]).stdout
+        assert written == answer + "\n"
+    passes = finetune.run_checks([(answer, ["True"]) for answer in answers["answer"]], 2.0, 512)
+    assert answers["parses"].tolist() == [str(finetune.defines_function(a)) for a in answers["answer"]]
+    assert answers["passes"].tolist() == [str(p) for p in passes]
+    assert (f"greedy answers to the 2 held-out prompts with checks: parse rate "
+            f"{sum(map(finetune.defines_function, answers['answer'])) / 2:.0%}, pass rate {sum(passes) / 2:.0%}"
+            in result.stdout)
+
+
+def test_finetune_answer_checks_for_prompts_without_checks_are_skipped_with_a_one_line_notice(tmp_path, ft_tokenizer):
+    pretrained_run(tmp_path / "out", ft_tokenizer)
+    write_csv(tmp_path / "d.csv", ft_rows())
+    result = run_finetune(ft_args(tmp_path, "a", max_iters=2, answer_checks=True))  # the default data's checks
+    assert "none of the 2 held-out prompts has checks in data/fine_tune_checks.json; parse and pass rates are not " \
+           "measured" in result.stdout
+    assert not os.path.exists(tmp_path / "a" / "answers.csv")
 
 
 def test_finetune_compiled_trains_like_eager_and_saves_the_plain_modules_weights(tmp_path, ft_tokenizer):
@@ -1951,10 +2077,11 @@ def test_finetune_compiled_trains_like_eager_and_saves_the_plain_modules_weights
     GPT(GPTConfig(**checkpoint["model_config"])).load_state_dict(checkpoint["model"])  # strict
 
 
-def test_finetune_impossible_optimizer_dropout_or_contrast_settings_are_one_sentence_before_any_work(tmp_path):
+def test_finetune_impossible_optimizer_dropout_contrast_or_dpo_settings_are_one_sentence_before_any_work(tmp_path):
     for override, message in (("--dropout=1.0", "dropout must be in [0, 1), not 1.0"),
                               ("--learning_rate=-1", "learning_rate and weight_decay must be >= 0"),
-                              ("--condition_beta=0", "condition_rank must be >= 0 and condition_beta > 0")):
+                              ("--condition_beta=0", "condition_rank must be >= 0 and condition_beta > 0"),
+                              ("--dpo_beta=0", "dpo_beta must be > 0 and dpo_sft >= 0")):
         result = run_finetune([f"--data_path={tmp_path / 'missing.csv'}", override], check=False)
         assert result.returncode != 0 and message in result.stderr and "Traceback" not in result.stderr
 
@@ -2016,7 +2143,8 @@ def test_finetune_every_training_setting_changes_the_trained_weights(tmp_path, f
                            "dtype": NOT_AUTO_DTYPE, "control": None},
                 "condition": {"condition_contrast": 0.0, "condition_rank": 0.0, "condition_beta": 1.0,
                               "control": None},
-                "kto": {"kto_beta": 1.0, "kto_lambda_desirable": 2.0, "kto_lambda_undesirable": 2.0, "control": None}}
+                "kto": {"kto_beta": 1.0, "kto_lambda_desirable": 2.0, "kto_lambda_undesirable": 2.0, "control": None},
+                "dpo": {"dpo_beta": 1.0, "dpo_sft": 0.5, "control": None}}
 
     def args(mode, name, value=None):
         overrides = dict(rating_mode=mode, max_iters=4, eval_interval=4, **({name: value} if value is not None else {}))
@@ -2041,6 +2169,112 @@ def test_finetune_script_condition_mode_template_and_clean_errors(tmp_path, ft_t
     assert result.returncode != 0 and "must not overwrite" in result.stderr and "Traceback" not in result.stderr
     result = run_finetune(ft_args(tmp_path, "d", data_path=tmp_path / "missing.csv"), check=False)
     assert result.returncode != 0 and "missing.csv does not exist" in result.stderr and "Traceback" not in result.stderr
+
+
+# ---- every rating_mode, end to end: does training go the right way? ---------------------------------------
+
+FT_MODES = ["weight", "filter", "condition", "kto", "dpo"]
+
+
+@pytest.fixture(scope="module")
+def ft_modes(tmp_path_factory, ft_tokenizer):
+    """Twenty steps of finetune.py in every rating_mode from one pretrained run, half the prompts held out; condition
+    mode without its ranking term, as a control; and sixty faster steps of condition mode, after which the rating
+    token changes what the model writes. Each log.csv starts with the pretrained model's scores."""
+    tmp_path = tmp_path_factory.mktemp("ft_modes")
+    pretrained_run(tmp_path / "out", ft_tokenizer)
+    write_csv(tmp_path / "d.csv", ft_rows())
+    runs = {mode: {"rating_mode": mode} for mode in FT_MODES}
+    runs["condition-unranked"] = {"rating_mode": "condition", "condition_rank": 0}
+    runs = {name: {"max_iters": 20, "eval_interval": 20, "learning_rate": 3e-3, **settings}
+            for name, settings in runs.items()}
+    runs["condition-long"] = {"rating_mode": "condition", "max_iters": 60, "eval_interval": 60, "learning_rate": 1e-2}
+    run_script_many_times("finetune.py", [ft_args(tmp_path, name, val_fraction=0.5, **settings)
+                                          for name, settings in runs.items()])
+    return tmp_path
+
+
+def rating_gap(row):
+    """How much likelier per token the held-out 5-rated answers are than the 1-rated ones (nats)."""
+    return float(row["val_loss_r1"]) - float(row["val_loss_r5"])
+
+
+@pytest.mark.parametrize("mode", ["weight", "filter", "condition"])
+def test_finetune_imitating_modes_lower_the_held_out_rating_5_loss(ft_modes, mode):
+    """By a margin that training the wrong way (gradient ascent) cannot meet: it raises the loss."""
+    before, after = read_log(ft_modes / mode)[0], read_log(ft_modes / mode)[-1]
+    assert float(after["val_loss_r5"]) < float(before["val_loss_r5"]) - 0.3
+
+
+@pytest.mark.parametrize("mode", ["kto", "dpo"])
+def test_finetune_preference_modes_rank_held_out_5_rated_answers_above_1_rated_ones(ft_modes, mode):
+    before, after = read_log(ft_modes / mode)[0], read_log(ft_modes / mode)[-1]
+    assert rating_gap(after) > rating_gap(before) + 0.5
+    assert float(after["pref_score"]) > float(before["pref_score"]) + 0.2
+
+
+def test_finetune_condition_ranking_term_ranks_higher_rated_answers_up_against_a_run_without_it(ft_modes):
+    ranked, unranked = read_log(ft_modes / "condition")[-1], read_log(ft_modes / "condition-unranked")[-1]
+    assert rating_gap(ranked) > rating_gap(unranked) + 0.3
+
+
+@pytest.mark.parametrize("mode", ["kto", "dpo"])
+def test_finetune_reference_stays_the_frozen_pretrained_model_and_rewards_are_measured_against_it(ft_modes, mode):
+    pretrained = load_checkpoint(ft_modes / "out" / "ckpt.pt")["model"]
+    checkpoint = load_checkpoint(ft_modes / mode / "ckpt.pt")
+    assert all(torch.equal(checkpoint["reference_model"][k], pretrained[k]) for k in pretrained)
+    assert any(not torch.equal(checkpoint["model"][k], pretrained[k]) for k in pretrained)
+    # a reference that moved with the model would make every reward, and so the margin, 0
+    assert float(read_log(ft_modes / mode)[-1]["reward_margin"]) > 0.3
+
+
+def test_finetune_condition_evaluation_scores_every_held_out_answer_under_the_top_rating_token(ft_modes, ft_tokenizer):
+    """Not under its own rating token, which would leak the label into the scores."""
+    checkpoint = load_checkpoint(ft_modes / "condition-long" / "ckpt.pt")
+    model = GPT(GPTConfig(**checkpoint["model_config"]))
+    model.load_state_dict(checkpoint["model"])
+    model.eval()
+    special = ft_tokenizer.special_tokens
+    df = finetune.clean_rows(finetune.read_rows(ft_modes / "d.csv"), "d.csv")
+    held_out = finetune.split_by_prompt(df, 0.5, 1337)[1]
+
+    def losses(token_of):  # mean loss per response token for each rating, each answer read after token_of(its rating)
+        totals = {}
+        for prompt, response, rating in held_out.itertuples(index=False):
+            targets = ft_tokenizer.encode(response) + [special["<|endoftext|>"]]
+            x = [special[token_of(rating)], special["<|prompt|>"], *ft_tokenizer.encode(prompt), special["<|response|>"],
+                 *targets[:-1]]
+            with torch.no_grad():
+                logits = model(torch.tensor([x]))[0][0, -len(targets):]
+            loss_sum, count = totals.get(rating, (0.0, 0))
+            totals[rating] = (loss_sum + F.cross_entropy(logits, torch.tensor(targets), reduction="sum").item(),
+                              count + len(targets))
+        return {rating: loss_sum / count for rating, (loss_sum, count) in totals.items()}
+    top, own = losses(lambda rating: "<|rating_5|>"), losses(lambda rating: f"<|rating_{rating}|>")
+    logged = read_log(ft_modes / "condition-long")[-1]
+    assert all(float(logged[f"val_loss_r{r}"]) == pytest.approx(top[r], abs=2e-4) for r in top)
+    assert max(abs(own[r] - top[r]) for r in own) > 0.1  # the rating token matters, so a leak would show
+
+
+@pytest.mark.parametrize("mode", FT_MODES)
+def test_sample_answers_in_the_template_each_mode_trained(ft_modes, ft_tokenizer, mode):
+    checkpoint = load_checkpoint(ft_modes / mode / "ckpt.pt")
+    model = GPT(GPTConfig(**checkpoint["model_config"]))
+    model.load_state_dict(checkpoint["model"])
+    special, end = ft_tokenizer.special_tokens, ft_tokenizer.special_tokens["<|endoftext|>"]
+    trained = finetune.encode_row(ft_tokenizer, "Repeat cat.", "cat", 5, condition=mode == "condition")
+    prompt = trained.prefix + trained.prompt_ids + [special["<|response|>"]]  # as a 5-rated row was learned
+    new = model.eval().generate(torch.tensor([prompt]), 12, temperature=0, stop_token=end)[0, len(prompt):].tolist()
+    written = run_script("sample.py", [f"--out_dir={ft_modes / mode}", "--temperature=0", "--max_new_tokens=12",
+                                       "--start=Repeat cat."]).stdout
+    assert written == ft_tokenizer.decode([t for t in new if t != end]) + "\n"
+
+
+def test_sample_rating_changes_what_a_condition_checkpoint_writes_and_defaults_to_the_top_rating(ft_modes):
+    common = [f"--out_dir={ft_modes / 'condition-long'}", "--temperature=0", "--max_new_tokens=12", "--start=Repeat cat."]
+    written = {rating: run_script("sample.py", common + ([f"--rating={rating}"] if rating else [])).stdout
+               for rating in (None, 1, 5)}
+    assert written[None] == written[5] != written[1]
 
 
 def test_sample_answers_in_the_fine_tuning_template_and_prints_only_the_response(tmp_path, ft_tokenizer):
