@@ -664,7 +664,7 @@ def bench_plot(runs="out", out="assets/bpb.png"):
                 label=f"{run}/: {checkpoint['optimizer_name']}, {checkpoint['iter_num']} steps")
     xz = xz_bits_per_byte(*split_bytes(os.path.join(HERE, runs.split(",")[0]), os.path.join(HERE, "data", "cache")))
     ax.axhline(xz, color="black", linestyle="--", label=f"xz -9e, given the training text: {xz:.2f}")
-    ax.set_xlabel(f"training time (s), {os.cpu_count()} CPU cores")
+    ax.set_xlabel("training time (s)")
     ax.set_ylabel("held-out bits per byte")
     ax.set_title("python pretrain.py config/small.py")
     ax.grid(alpha=0.3)
