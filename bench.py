@@ -100,6 +100,19 @@ def bench_tokenizer(data=DATA, runs=5):
     for vocab_size in (1024, 4096, 16384):
         t, c = median_time(lambda _: Tokenizer.train(text, vocab_size, special), runs)
         rows.append((f"train, vocab {vocab_size}", f"{t:.2f} s", f"{c:.2f} s", "<= 1.0 s" if vocab_size == 4096 else ""))
+    try:  # HF tokenizers is not a requirement: with it installed, its Rust BPE trainer is the yardstick for training
+        from tokenizers import Tokenizer as HFTokenizer, models, pre_tokenizers, trainers
+    except ImportError:
+        rows.append(("HF tokenizers, train 4096 (pip install tokenizers to compare)", "not installed", "", ""))
+    else:
+        def train_hf(_):  # byte-level BPE, as ours, with HF's own GPT-2 split
+            hf = HFTokenizer(models.BPE())
+            hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+            hf.train_from_iterator(text.splitlines(keepends=True), trainers.BpeTrainer(
+                vocab_size=4096, special_tokens=special, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                show_progress=False))
+        t, c = median_time(train_hf, runs)
+        rows.append(("HF tokenizers (Rust, all cores), train 4096", f"{t:.2f} s", f"{c:.2f} s", ""))
     before, peak = peak_rss_mb(f"from bpe import Tokenizer\ntext = open({data!r}, encoding='utf-8', newline='').read()\n"
                                f"Tokenizer.train(text, 4096, {special!r})")
     rows.append(("peak memory, train 4096 (VmHWM of a fresh process)", f"{peak:.0f} MB", f"({before:.0f} MB is Python itself)", "< 300 MB"))
