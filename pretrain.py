@@ -395,7 +395,10 @@ if __name__ == "__main__":
                              f"(vocab_size={vocab_size}); resume with the same data and vocab_size")
         model.load_state_dict(checkpoint["model"])
         for opt, state in zip(optimizers, checkpoint["optimizer_states"]):
+            peaks = [group["peak_lr"] for group in opt.param_groups]  # the settings' peaks, not the checkpoint's
             opt.load_state_dict(state)
+            for group, peak in zip(opt.param_groups, peaks):
+                group["peak_lr"] = peak
         iter_num, best_val_loss = checkpoint["iter_num"], checkpoint["best_val_loss"]
         rank_rngs = checkpoint.get("rank_rngs") or []
         rng = rank_rngs[rank] if len(rank_rngs) == world_size > 1 else checkpoint["rng"]

@@ -1002,7 +1002,8 @@ def test_model_muon_takes_the_matrices_inside_the_blocks_and_adamw_the_rest():
     names = {id(p): name for name, p in model.named_parameters()}
     in_muon = {names[id(p)] for group in muon.param_groups for p in group["params"]}
     in_adamw = {names[id(p)] for group in adamw.param_groups for p in group["params"]}
-    assert in_muon == {f"blocks.{i}.{m}.weight" for i in range(2) for m in ("attn.qkv", "attn.proj", "mlp.fc", "mlp.proj")}
+    matrices = ("attn.qkv", "attn.proj", "mlp.fc", "mlp.proj")
+    assert in_muon == {f"blocks.{i}.{m}.weight" for i in range(2) for m in matrices}
     assert "tok_emb.weight" in in_adamw and not in_muon & in_adamw  # the tied embedding/head never goes to Muon
     assert len(in_muon) + len(in_adamw) == len(list(model.parameters()))
     assert [g["peak_lr"] for g in muon.param_groups] == [0.02] and muon.param_groups[0]["weight_decay"] == 0.0
@@ -1321,7 +1322,8 @@ def test_pretrain_every_training_setting_changes_the_trained_weights(tmp_path):
     a control run with the base settings gives the base weights again."""
     corpus = tmp_path / "corpus.txt"
     make_corpus(corpus, n_words=4000)
-    variants = {"optimizer": "adamw", "muon_lr": 0.05, "muon_momentum": 0.5, "learning_rate": 1e-3, "min_lr_ratio": 0.5, "cooldown_fraction": 1.0, "warmup_iters": 1, "lr_decay_iters": 3,
+    variants = {"optimizer": "adamw", "muon_lr": 0.05, "muon_momentum": 0.5, "learning_rate": 1e-3, "min_lr_ratio": 0.5,
+                "cooldown_fraction": 1.0, "warmup_iters": 1, "lr_decay_iters": 3,
                 "weight_decay": 0.5, "beta1": 0.5, "beta2": 0.5, "grad_clip": 0.01, "grad_accum_steps": 2,
                 "batch_size": 4, "dropout": 0.1, "seed": 1, "max_seq_len": 16, "val_fraction": 0.3,
                 "dtype": NOT_AUTO_DTYPE, "bias": False, "n_epochs": 0.01, "control": None}
@@ -1405,8 +1407,8 @@ def test_pretrain_under_torchrun_keeps_ranks_identical_and_resumes_bit_identical
     make_corpus(corpus, n_words=4000)
 
     def torchrun(run, **overrides):
-        args = tiny_args(tmp_path / run, corpus, **{**dict(max_iters=6, eval_interval=3, grad_accum_steps=2,
-                                                          dropout=0.1, lr_decay_iters=6, optimizer="muon"), **overrides})
+        settings = dict(max_iters=6, eval_interval=3, grad_accum_steps=2, dropout=0.1, lr_decay_iters=6, optimizer="muon")
+        args = tiny_args(tmp_path / run, corpus, **{**settings, **overrides})
         result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                                  os.path.join(REPO, "pretrain.py"), *args],
                                 capture_output=True, text=True, cwd=REPO, timeout=300)
@@ -2137,7 +2139,7 @@ def test_finetune_every_training_setting_changes_the_trained_weights(tmp_path, f
     """As for pretrain.py: each setting alone changes the weights after 4 steps; a control run repeats its base."""
     pretrained_run(tmp_path / "out", ft_tokenizer)
     write_csv(tmp_path / "d.csv", ft_rows())
-    variants = {"filter": {"learning_rate": 1e-3, "min_lr_ratio": 0.5, "cooldown_fraction": 1.0, "warmup_iters": 1, "lr_decay_iters": 3,
+    variants = {"filter": {"learning_rate": 1e-3, "min_lr_ratio": 0.5, "warmup_iters": 1, "lr_decay_iters": 3,
                            "weight_decay": 0.5, "beta2": 0.5, "grad_clip": 0.01, "batch_size": 3, "dropout": 0.1,
                            "seed": 1, "min_rating": 3, "val_fraction": 0.4, "beta1": 0.5, "n_epochs": 0.25,
                            "dtype": NOT_AUTO_DTYPE, "control": None},
