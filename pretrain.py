@@ -64,6 +64,7 @@ optimizer = "auto"
 learning_rate = 3e-3  # AdamW's peak
 muon_lr = 0.02  # Muon's peak (optimizer='muon')
 muon_momentum = 0.95
+muon_momentum_warmup = 300  # steps over which Muon's momentum rises linearly from 0.85 to muon_momentum
 warmup_iters = 100
 cooldown_fraction = 0.4  # the last 40% of the steps decay linearly from the peak to min_lr_ratio of it
 min_lr_ratio = 0.1
@@ -204,6 +205,14 @@ def lr_scale(it):
     return min_lr_ratio + (1.0 - progress) * (1.0 - min_lr_ratio)
 
 
+def muon_momentum_at(it):
+    """Muon's momentum at step it: from 0.85 (or muon_momentum, if lower) up to muon_momentum over the first
+    muon_momentum_warmup steps, so that early updates follow the fast-changing gradient more closely (measured:
+    NOTES.md, Optimizer and defaults)."""
+    start = min(0.85, muon_momentum)
+    return muon_momentum - (muon_momentum - start) * max(0.0, 1 - it / max(muon_momentum_warmup, 1))
+
+
 @torch.no_grad()
 def estimate_loss():
     """Mean loss on eval_iters fixed batches of each split (the same batches at every evaluation)."""
@@ -291,6 +300,8 @@ if __name__ == "__main__":
         raise SystemExit(f"optimizer must be 'auto', 'adamw' or 'muon', not '{optimizer}'")
     if muon_lr < 0 or not 0 <= muon_momentum < 1:
         raise SystemExit(f"muon_lr must be >= 0 and muon_momentum in [0, 1); got {muon_lr} and {muon_momentum}")
+    if muon_momentum_warmup < 0:
+        raise SystemExit(f"muon_momentum_warmup must not be negative, not {muon_momentum_warmup}")
     if not 0 <= cooldown_fraction <= 1:
         raise SystemExit(f"cooldown_fraction must be between 0 and 1, not {cooldown_fraction}")
     if learning_rate < 0 or weight_decay < 0 or not (0 <= beta1 < 1 and 0 <= beta2 < 1):
@@ -493,6 +504,8 @@ if __name__ == "__main__":
         for opt in optimizers:
             for group in opt.param_groups:
                 group["lr"] = group["peak_lr"] * scale
+                if isinstance(opt, torch.optim.Muon):
+                    group["momentum"] = muon_momentum_at(iter_num)
         step_loss = 0.0
         for micro_step in range(accum_per_rank):
             x, y = get_batch("train", data_generator)

@@ -1285,6 +1285,15 @@ def test_pretrain_learning_rate_warms_up_from_above_zero_holds_then_decays_to_th
     assert float(rows[-1]["lr"]) == pytest.approx(3e-4)  # min_lr_ratio 0.1 at the end
 
 
+def test_pretrain_muon_momentum_warms_up_linearly_from_085(tmp_path):
+    corpus = tmp_path / "corpus.txt"
+    make_corpus(corpus, n_words=4000)
+    run_script("pretrain.py", tiny_args(tmp_path, corpus, optimizer="muon", max_iters=4, eval_interval=4,
+                                        muon_momentum_warmup=8))
+    adamw_state, muon_state = torch.load(tmp_path / "out" / "ckpt.pt", weights_only=True)["optimizer_states"]
+    assert muon_state["param_groups"][0]["momentum"] == pytest.approx(0.95 - 0.10 * (1 - 3 / 8))  # the last step's
+
+
 def test_pretrain_checkpoint_holds_weights_optimizer_config_and_rng(tiny_run):
     from model import load_checkpoint
     checkpoint = load_checkpoint(tiny_run[0] / "out" / "ckpt.pt", map_location="cpu")
@@ -1322,7 +1331,8 @@ def test_pretrain_every_training_setting_changes_the_trained_weights(tmp_path):
     a control run with the base settings gives the base weights again."""
     corpus = tmp_path / "corpus.txt"
     make_corpus(corpus, n_words=4000)
-    variants = {"optimizer": "adamw", "muon_lr": 0.05, "muon_momentum": 0.5, "learning_rate": 1e-3, "min_lr_ratio": 0.5,
+    variants = {"optimizer": "adamw", "muon_lr": 0.05, "muon_momentum": 0.5,
+                "muon_momentum_warmup": 0, "learning_rate": 1e-3, "min_lr_ratio": 0.5,
                 "cooldown_fraction": 1.0, "warmup_iters": 1, "lr_decay_iters": 3,
                 "weight_decay": 0.5, "beta1": 0.5, "beta2": 0.5, "grad_clip": 0.01, "grad_accum_steps": 2,
                 "batch_size": 4, "dropout": 0.1, "seed": 1, "max_seq_len": 16, "val_fraction": 0.3,
@@ -1523,6 +1533,7 @@ def test_pretrain_refuses_to_resume_a_fine_tuning_checkpoint(tiny_run, tmp_path)
     ("--beta2=1.0", "beta1 and beta2 in [0, 1)"),
     ("--optimizer=sgd", "optimizer must be 'auto', 'adamw' or 'muon', not 'sgd'"),
     ("--muon_momentum=1", "muon_momentum in [0, 1)"),
+    ("--muon_momentum_warmup=-1", "muon_momentum_warmup must not be negative, not -1"),
 ])
 def test_pretrain_settings_and_data_that_cannot_work_are_one_sentence(tmp_path, override, message):
     (tmp_path / "empty.txt").write_text("")
