@@ -2201,7 +2201,9 @@ def ft_modes(tmp_path_factory, ft_tokenizer):
     runs["condition-unranked"] = {"rating_mode": "condition", "condition_rank": 0}
     runs = {name: {"max_iters": 20, "eval_interval": 20, "learning_rate": 3e-3, **settings}
             for name, settings in runs.items()}
-    runs["condition-long"] = {"rating_mode": "condition", "max_iters": 60, "eval_interval": 60, "learning_rate": 1e-2}
+    # float32, so that a test can recompute its logged losses exactly on a CPU where 'auto' means bfloat16
+    runs["condition-long"] = {"rating_mode": "condition", "max_iters": 60, "eval_interval": 60, "learning_rate": 1e-2,
+                              "dtype": "float32"}
     run_script_many_times("finetune.py", [ft_args(tmp_path, name, val_fraction=0.5, **settings)
                                           for name, settings in runs.items()])
     return tmp_path
