@@ -74,7 +74,12 @@ n_epochs = 0.0  # if > 0, train for this many passes over the training rows inst
 eval_interval = 50
 val_fraction = 0.2  # of the prompts (with all their responses) held out
 batch_size = 16
-learning_rate = 3e-4
+# 'adamw': AdamW for every weight; 'muon': torch.optim.Muon for the matrices inside the blocks and AdamW for the rest,
+# as in pretrain.py (measured better for fine-tuning too: NOTES.md, Fine-tuning); 'auto': muon where bfloat16 is
+# native (torch's Muon orthogonalises in bfloat16, many times slower elsewhere), else adamw
+optimizer = "auto"
+learning_rate = 3e-4  # AdamW's peak
+muon_lr = 3e-4  # Muon's peak (optimizer='muon')
 min_lr_ratio = 0.1
 warmup_iters = 20
 lr_decay_iters = 0  # 0 means the run's length
@@ -414,14 +419,14 @@ def batch_indices(it, n_rows, batch_size, seed):
     return indices
 
 
-def lr_at(it, total_iters):
-    """Linear warm-up from learning_rate/warmup_iters (never 0), then cosine decay to learning_rate*min_lr_ratio."""
+def lr_scale(it, total_iters):
+    """The fraction of each optimizer's peak learning rate at step it: a linear warm-up from 1/warmup_iters (never
+    0), then cosine decay to min_lr_ratio."""
     decay_iters = lr_decay_iters or total_iters
-    min_lr = learning_rate * min_lr_ratio
     if it < warmup_iters:
-        return learning_rate * (it + 1) / warmup_iters
+        return (it + 1) / warmup_iters
     progress = min(1.0, (it - warmup_iters) / max(1, decay_iters - warmup_iters))
-    return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (learning_rate - min_lr)
+    return min_lr_ratio + 0.5 * (1.0 + math.cos(math.pi * progress)) * (1.0 - min_lr_ratio)
 
 
 def training_loss(batch):
@@ -493,7 +498,8 @@ def write_checkpoint():
         shutil.copyfile(tokenizer_path, tokenizer_out + ".tmp")
         os.replace(tokenizer_out + ".tmp", tokenizer_out)
     checkpoint = {
-        "kind": "finetune", "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+        "kind": "finetune", "model": model.state_dict(), "optimizer_name": run_optimizer,
+        "optimizer_states": [o.state_dict() for o in optimizers],
         "model_config": dataclasses.asdict(model_config), "config": settings, "iter_num": iter_num,
         "best_val_loss": best_val_loss, "tokenizer_path": "tokenizer.json", "tokenizer_sha256": tokenizer_sha,
         "rng": rng_state(), "rating_mode": rating_mode, "template": template, "base_checkpoint": base_path,
@@ -647,9 +653,11 @@ if __name__ == "__main__":
         raise SystemExit(f"dtype must be 'auto', 'float32' or 'bfloat16', not '{dtype}'")
     if not 0 <= dropout < 1:
         raise SystemExit(f"dropout must be in [0, 1), not {dropout}")
-    if learning_rate < 0 or weight_decay < 0 or not (0 <= beta1 < 1 and 0 <= beta2 < 1):
-        raise SystemExit(f"learning_rate and weight_decay must be >= 0 and beta1 and beta2 in [0, 1); got "
-                         f"{learning_rate}, {weight_decay}, {beta1} and {beta2}")
+    if optimizer not in ("auto", "adamw", "muon"):
+        raise SystemExit(f"optimizer must be 'auto', 'adamw' or 'muon', not '{optimizer}'")
+    if learning_rate < 0 or muon_lr < 0 or weight_decay < 0 or not (0 <= beta1 < 1 and 0 <= beta2 < 1):
+        raise SystemExit(f"learning_rate, muon_lr and weight_decay must be >= 0 and beta1 and beta2 in [0, 1); got "
+                         f"{learning_rate}, {muon_lr}, {weight_decay}, {beta1} and {beta2}")
     try:
         run_device = pick_device(device)
     except ValueError as e:
@@ -658,6 +666,8 @@ if __name__ == "__main__":
     if device_type == "cpu":
         keep_freed_memory()  # Linux: each step reuses the memory the last one freed, not fresh pages (model.py)
     run_dtype = pick_dtype(dtype, run_device)
+    run_optimizer = optimizer if optimizer != "auto" else "muon" if pick_dtype("auto", run_device) == "bfloat16" \
+        else "adamw"
     autocast = torch.autocast(device_type, dtype=torch.bfloat16) if run_dtype == "bfloat16" else nullcontext()
     torch.manual_seed(seed)
     checkpoint_path = os.path.join(out_dir, "ckpt.pt")
@@ -734,7 +744,7 @@ if __name__ == "__main__":
     ratings = {r: sum(e.rating == r for e in train_examples) for r in range(1, 6)}
     print(f"{len(df)} rows, {df['prompt'].nunique()} prompts: {len(train_examples)} rows for training (ratings "
           f"{ratings}), {len(val_examples)} rows of {val_df['prompt'].nunique()} prompts held out; "
-          f"rating_mode={rating_mode}, {run_device}, {run_dtype}")
+          f"rating_mode={rating_mode}, {run_device}, {run_dtype}, {run_optimizer}")
     train_items = train_examples  # what a batch is drawn from: rows, or in dpo mode pairs of rows
     if rating_mode == "dpo":
         train_items, n_alone = preference_pairs(train_examples)
@@ -753,7 +763,8 @@ if __name__ == "__main__":
         if init_from == "resume":
             reference.load_state_dict(checkpoint["reference_model"])
         reference.requires_grad_(False)
-    (optimizer,) = model.configure_optimizers("adamw", learning_rate, weight_decay, (beta1, beta2), device_type)
+    optimizers = model.configure_optimizers(run_optimizer, learning_rate, weight_decay, (beta1, beta2), device_type,
+                                            muon_lr)
     total_iters = max_iters
     if n_epochs > 0:
         total_iters = math.ceil(n_epochs * len(train_items) / batch_size)
@@ -761,7 +772,12 @@ if __name__ == "__main__":
               f"(--n_epochs=0 trains for max_iters)")
     iter_num, best_val_loss = 0, float("inf")
     if init_from == "resume":
-        optimizer.load_state_dict(checkpoint["optimizer"])
+        saved_optimizer = checkpoint.get("optimizer_name", "adamw")
+        if saved_optimizer != run_optimizer:  # the states of one do not fit the other
+            raise SystemExit(f"{checkpoint_path} was trained with optimizer '{saved_optimizer}', not "
+                             f"'{run_optimizer}'; resume with --optimizer={saved_optimizer}")
+        for opt, state in zip(optimizers, checkpoint.get("optimizer_states", [checkpoint.get("optimizer")])):
+            opt.load_state_dict(state)
         iter_num, best_val_loss = checkpoint["iter_num"], checkpoint["best_val_loss"]
         torch.set_rng_state(checkpoint["rng"]["torch"].cpu())
         if checkpoint["rng"]["cuda"] and device_type == "cuda":
@@ -807,7 +823,7 @@ if __name__ == "__main__":
                                 "pref_by_pair": " ".join(f"{k}={v:.3f}" for k, v in metrics["pref_by_pair"].items()),
                                 **({name: fmt(sum(v) / len(v) if v else None) for name, v in rewards.items()}
                                    if rating_mode in REFERENCE_MODES else {}),
-                                "lr": f"{lr_at(max(iter_num - 1, 0), total_iters):.3e}",
+                                "lr": f"{learning_rate * lr_scale(max(iter_num - 1, 0), total_iters):.3e}",
                                 "elapsed_s": f"{time.time() - run_start:.1f}"})
                 progress.write(f"iter {iter_num}: val response loss by rating "
                                f"{' '.join(fmt(metrics[f'loss_r{r}'], 3) or '-' for r in range(1, 6))}, "
@@ -828,9 +844,10 @@ if __name__ == "__main__":
                 else "nothing was saved"))
             break
 
-        lr = lr_at(iter_num, total_iters)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+        scale = lr_scale(iter_num, total_iters)
+        for opt in optimizers:
+            for group in opt.param_groups:
+                group["lr"] = group["peak_lr"] * scale
         batch = [train_items[i] for i in batch_indices(iter_num, len(train_items), batch_size, seed)]
         loss, extra = training_loss(batch)
         for name in REWARD_COLUMNS:
@@ -841,12 +858,13 @@ if __name__ == "__main__":
         loss.backward()
         if grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        for opt in optimizers:
+            opt.step()
+            opt.zero_grad(set_to_none=True)
         iter_num += 1
         train_loss = loss.item() if train_loss is None else 0.9 * train_loss + 0.1 * loss.item()
         progress.update(1)
-        progress.set_postfix(loss=f"{train_loss:.3f}", lr=f"{lr:.1e}", **{k: f"{v:.2f}" for k, v in extra.items()})
+        progress.set_postfix(loss=f"{train_loss:.3f}", lr=f"{learning_rate * scale:.1e}", **{k: f"{v:.2f}" for k, v in extra.items()})
     progress.close()
     if iter_num >= total_iters:  # finished, not interrupted
         last = metrics
@@ -854,7 +872,8 @@ if __name__ == "__main__":
         summary = f"done in {time.time() - run_start:.0f}s; {saved}"
         if first is not None and first is not last and first["loss_r5"] and last and last["loss_r5"]:
             summary += (f"; rating-5 response loss {first['loss_r5']:.3f} -> {last['loss_r5']:.3f} "
-                        f"({1 - last['loss_r5'] / first['loss_r5']:.0%} lower), preference score "
+                        f"({abs(1 - last['loss_r5'] / first['loss_r5']):.0%} "
+                        f"{'lower' if last['loss_r5'] <= first['loss_r5'] else 'higher'}), preference score "
                         f"{fmt(first['pref'], 3)} -> {fmt(last['pref'], 3)}")
         print(summary)
 

@@ -2001,19 +2001,21 @@ def run_finetune(args, check=True, env=None):
 
 
 def ft_args(tmp_path, out, **overrides):
+    # AdamW unless a test asks for Muon: the same optimizer on every CPU, and the one the margins below were measured with
     settings = dict(init_from=tmp_path / "out", data_path=tmp_path / "d.csv", out_dir=tmp_path / out, max_iters=8,
-                    eval_interval=4, batch_size=4, warmup_iters=2, device="cpu")
+                    eval_interval=4, batch_size=4, warmup_iters=2, device="cpu", optimizer="adamw")
     settings.update(overrides)
     return [f"--{k}={v}" for k, v in settings.items()]
 
 
-@pytest.mark.parametrize("mode", ["kto", "condition", "dpo"])  # each with a draw of its own: a reference, rivals
-def test_finetune_script_logs_saves_and_resumes_bit_identically(tmp_path, ft_tokenizer, mode):
+# each mode with a draw of its own (a reference, rivals), and Muon's state as well as AdamW's
+@pytest.mark.parametrize("mode, optimizer", [("kto", "adamw"), ("condition", "adamw"), ("dpo", "muon")])
+def test_finetune_script_logs_saves_and_resumes_bit_identically(tmp_path, ft_tokenizer, mode, optimizer):
     pretrained_run(tmp_path / "out", ft_tokenizer)
     write_csv(tmp_path / "d.csv", ft_rows())
     with open(tmp_path / "out" / "ckpt.pt", "rb") as f:
         pretrained = f.read()
-    common = dict(rating_mode=mode, dropout=0.1, lr_decay_iters=8)
+    common = dict(rating_mode=mode, optimizer=optimizer, dropout=0.1, lr_decay_iters=8)
     run_finetune(ft_args(tmp_path, "a", **common))
     run_finetune(ft_args(tmp_path, "b", **common, max_iters=4))
     result = run_finetune(ft_args(tmp_path, "b", **common, init_from="resume"))
@@ -2022,6 +2024,11 @@ def test_finetune_script_logs_saves_and_resumes_bit_identically(tmp_path, ft_tok
     assert a["iter_num"] == b["iter_num"] == 8
     for name in a["model"]:
         assert torch.equal(a["model"][name], b["model"][name]), name
+    assert a["optimizer_name"] == optimizer and len(a["optimizer_states"]) == (2 if optimizer == "muon" else 1)
+    for state_a, state_b in zip(a["optimizer_states"], b["optimizer_states"], strict=True):  # momenta too
+        for k in state_a["state"]:
+            for name, value in state_a["state"][k].items():
+                assert torch.equal(value, state_b["state"][k][name]), (k, name)
     assert a["kind"] == "finetune" and a["rating_mode"] == mode and a["template"] == {
         "prompt": "<|prompt|>", "response": "<|response|>", "end": "<|endoftext|>",
         "rating_token": "<|rating_5|>" if mode == "condition" else None}
@@ -2092,7 +2099,9 @@ def test_finetune_compiled_trains_like_eager_and_saves_the_plain_modules_weights
 
 def test_finetune_impossible_optimizer_dropout_contrast_or_dpo_settings_are_one_sentence_before_any_work(tmp_path):
     for override, message in (("--dropout=1.0", "dropout must be in [0, 1), not 1.0"),
-                              ("--learning_rate=-1", "learning_rate and weight_decay must be >= 0"),
+                              ("--learning_rate=-1", "learning_rate, muon_lr and weight_decay must be >= 0"),
+                              ("--muon_lr=-1", "learning_rate, muon_lr and weight_decay must be >= 0"),
+                              ("--optimizer=sgd", "optimizer must be 'auto', 'adamw' or 'muon', not 'sgd'"),
                               ("--condition_beta=0", "condition_rank must be >= 0 and condition_beta > 0"),
                               ("--dpo_beta=0", "dpo_beta must be > 0 and dpo_sft >= 0")):
         result = run_finetune([f"--data_path={tmp_path / 'missing.csv'}", override], check=False)
@@ -2102,11 +2111,13 @@ def test_finetune_impossible_optimizer_dropout_contrast_or_dpo_settings_are_one_
 def test_finetune_resume_refuses_settings_or_data_that_would_change_the_held_out_prompts(tmp_path, ft_tokenizer):
     pretrained_run(tmp_path / "out", ft_tokenizer)
     write_csv(tmp_path / "d.csv", ft_rows())
-    run_finetune(ft_args(tmp_path, "a", max_iters=4))
+    run_finetune(ft_args(tmp_path, "a", max_iters=4, optimizer="adamw"))
     result = run_finetune(ft_args(tmp_path, "a", init_from="resume", seed=2), check=False)
     assert result.returncode != 0 and "was trained with seed=1337, not 2" in result.stderr
     result = run_finetune(ft_args(tmp_path, "a", init_from="resume", val_fraction=0.5), check=False)
     assert result.returncode != 0 and "was trained with val_fraction=0.2, not 0.5" in result.stderr
+    result = run_finetune(ft_args(tmp_path, "a", init_from="resume", optimizer="muon"), check=False)
+    assert result.returncode != 0 and "was trained with optimizer 'adamw', not 'muon'" in result.stderr
     write_csv(tmp_path / "d.csv", ft_rows()[:-1])
     result = run_finetune(ft_args(tmp_path, "a", init_from="resume"), check=False)
     assert result.returncode != 0 and "d.csv has changed since" in result.stderr and "Traceback" not in result.stderr
@@ -2153,23 +2164,26 @@ def test_finetune_every_training_setting_changes_the_trained_weights(tmp_path, f
     variants = {"filter": {"learning_rate": 1e-3, "min_lr_ratio": 0.5, "warmup_iters": 1, "lr_decay_iters": 3,
                            "weight_decay": 0.5, "beta2": 0.5, "grad_clip": 0.01, "batch_size": 3, "dropout": 0.1,
                            "seed": 1, "min_rating": 3, "val_fraction": 0.4, "beta1": 0.5, "n_epochs": 0.25,
-                           "dtype": NOT_AUTO_DTYPE, "control": None},
+                           "dtype": NOT_AUTO_DTYPE, "optimizer": "muon", "control": None},
+                "filter-muon": {"muon_lr": 1e-2, "control": None},
                 "condition": {"condition_contrast": 0.0, "condition_rank": 0.0, "condition_beta": 1.0,
                               "control": None},
                 "kto": {"kto_beta": 1.0, "kto_lambda_desirable": 2.0, "kto_lambda_undesirable": 2.0, "control": None},
                 "dpo": {"dpo_beta": 1.0, "dpo_sft": 0.5, "control": None}}
 
-    def args(mode, name, value=None):
-        overrides = dict(rating_mode=mode, max_iters=4, eval_interval=4, **({name: value} if value is not None else {}))
-        return ft_args(tmp_path, f"{mode}-{name}", **overrides)
-    run_script_many_times("finetune.py", [args(mode, "base") for mode in variants] +
-                          [args(mode, name, value) for mode in variants for name, value in variants[mode].items()])
-    for mode, names in variants.items():
-        base = load_checkpoint(tmp_path / f"{mode}-base" / "ckpt.pt")["model"]
+    def args(run, name, value=None):  # run: a rating_mode, or filter-muon for Muon's own settings
+        mode, optimizer = run.split("-") if "-" in run else (run, "adamw")
+        overrides = dict(rating_mode=mode, optimizer=optimizer, max_iters=4, eval_interval=4)
+        overrides.update({name: value} if value is not None else {})
+        return ft_args(tmp_path, f"{run}-{name}", **overrides)
+    run_script_many_times("finetune.py", [args(run, "base") for run in variants] +
+                          [args(run, name, value) for run in variants for name, value in variants[run].items()])
+    for run, names in variants.items():
+        base = load_checkpoint(tmp_path / f"{run}-base" / "ckpt.pt")["model"]
         for name in names:
-            weights = load_checkpoint(tmp_path / f"{mode}-{name}" / "ckpt.pt")["model"]
+            weights = load_checkpoint(tmp_path / f"{run}-{name}" / "ckpt.pt")["model"]
             changed = any(not torch.equal(weights[k], base[k]) for k in base)
-            assert changed != (name == "control"), f"{mode} {name}: {'changed' if changed else 'no effect'}"
+            assert changed != (name == "control"), f"{run} {name}: {'changed' if changed else 'no effect'}"
 
 
 def test_finetune_script_condition_mode_template_and_clean_errors(tmp_path, ft_tokenizer):
@@ -2192,13 +2206,14 @@ FT_MODES = ["weight", "filter", "condition", "kto", "dpo"]
 @pytest.fixture(scope="module")
 def ft_modes(tmp_path_factory, ft_tokenizer):
     """Twenty steps of finetune.py in every rating_mode from one pretrained run, half the prompts held out; condition
-    mode without its ranking term, as a control; and sixty faster steps of condition mode, after which the rating
+    mode without its ranking term, as a control; filter mode with Muon; and sixty faster steps of condition mode, after which the rating
     token changes what the model writes. Each log.csv starts with the pretrained model's scores."""
     tmp_path = tmp_path_factory.mktemp("ft_modes")
     pretrained_run(tmp_path / "out", ft_tokenizer)
     write_csv(tmp_path / "d.csv", ft_rows())
     runs = {mode: {"rating_mode": mode} for mode in FT_MODES}
     runs["condition-unranked"] = {"rating_mode": "condition", "condition_rank": 0}
+    runs["filter-muon"] = {"rating_mode": "filter", "optimizer": "muon", "muon_lr": 3e-3}
     runs = {name: {"max_iters": 20, "eval_interval": 20, "learning_rate": 3e-3, **settings}
             for name, settings in runs.items()}
     # float32, so that a test can recompute its logged losses exactly on a CPU where 'auto' means bfloat16
@@ -2214,7 +2229,7 @@ def rating_gap(row):
     return float(row["val_loss_r1"]) - float(row["val_loss_r5"])
 
 
-@pytest.mark.parametrize("mode", ["weight", "filter", "condition"])
+@pytest.mark.parametrize("mode", ["weight", "filter", "condition", "filter-muon"])
 def test_finetune_imitating_modes_lower_the_held_out_rating_5_loss(ft_modes, mode):
     """By a margin that training the wrong way (gradient ascent) cannot meet: it raises the loss."""
     before, after = read_log(ft_modes / mode)[0], read_log(ft_modes / mode)[-1]
