@@ -864,7 +864,8 @@ if __name__ == "__main__":
         iter_num += 1
         train_loss = loss.item() if train_loss is None else 0.9 * train_loss + 0.1 * loss.item()
         progress.update(1)
-        progress.set_postfix(loss=f"{train_loss:.3f}", lr=f"{learning_rate * scale:.1e}", **{k: f"{v:.2f}" for k, v in extra.items()})
+        progress.set_postfix(loss=f"{train_loss:.3f}", lr=f"{learning_rate * scale:.1e}",
+                             **{k: f"{v:.2f}" for k, v in extra.items()})
     progress.close()
     if iter_num >= total_iters:  # finished, not interrupted
         last = metrics
