@@ -48,7 +48,8 @@ from tqdm import tqdm
 
 from bpe import Tokenizer
 from configurator import configure
-from model import GPT, GPTConfig, keep_freed_memory, load_checkpoint, pick_device, pick_dtype, save_checkpoint
+from model import (GPT, GPTConfig, keep_freed_memory, load_checkpoint, pick_device, pick_dtype, pick_optimizer,
+                   save_checkpoint)
 
 # -----------------------------------------------------------------------------
 # settings: override with config files (config/*.py, the finetuning section of a config.json) and --name=value
@@ -76,7 +77,7 @@ val_fraction = 0.2  # of the prompts (with all their responses) held out
 batch_size = 16
 # 'adamw': AdamW for every weight; 'muon': torch.optim.Muon for the matrices inside the blocks and AdamW for the rest,
 # as in pretrain.py (measured better for fine-tuning too: NOTES.md, Fine-tuning); 'auto': muon where bfloat16 is
-# native (torch's Muon orthogonalises in bfloat16, many times slower elsewhere), else adamw
+# native, else adamw (model.py, pick_optimizer)
 optimizer = "auto"
 learning_rate = 3e-4  # AdamW's peak
 muon_lr = 3e-4  # Muon's peak (optimizer='muon')
@@ -666,8 +667,7 @@ if __name__ == "__main__":
     if device_type == "cpu":
         keep_freed_memory()  # Linux: each step reuses the memory the last one freed, not fresh pages (model.py)
     run_dtype = pick_dtype(dtype, run_device)
-    run_optimizer = optimizer if optimizer != "auto" else "muon" if pick_dtype("auto", run_device) == "bfloat16" \
-        else "adamw"
+    run_optimizer = pick_optimizer(optimizer, run_device)
     autocast = torch.autocast(device_type, dtype=torch.bfloat16) if run_dtype == "bfloat16" else nullcontext()
     torch.manual_seed(seed)
     checkpoint_path = os.path.join(out_dir, "ckpt.pt")

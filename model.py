@@ -448,6 +448,14 @@ def pick_dtype(name, device):
     return "bfloat16" if kind == "cpu" and any(check() for check in checks) else "float32"
 
 
+def pick_optimizer(name, device):
+    """'auto' picks 'muon' where the device multiplies bfloat16 natively (torch's Muon orthogonalises in bfloat16,
+    many times slower elsewhere), 'adamw' elsewhere. Any other name is returned as it is."""
+    if name != "auto":
+        return name
+    return "muon" if pick_dtype("auto", device) == "bfloat16" else "adamw"
+
+
 def keep_freed_memory():
     """Make CPU training faster on 64-bit Linux. Every step frees its activations and allocates the same sizes
     again; glibc gives large freed blocks back to the kernel, and the next step page-faults them in again, zeroed

@@ -31,7 +31,7 @@ from tqdm import tqdm
 from bpe import Tokenizer
 from configurator import configure
 from model import (GPT, GPTConfig, keep_freed_memory, load_checkpoint, measure_peak_flops, pick_device, pick_dtype,
-                   save_checkpoint)
+                   pick_optimizer, save_checkpoint)
 
 # -----------------------------------------------------------------------------
 # settings: override with config files (config/*.py, config.json) and --name=value
@@ -333,8 +333,7 @@ if __name__ == "__main__":
     if device_type == "cpu":
         keep_freed_memory()  # Linux: each step reuses the memory the last one freed, not fresh pages (model.py)
     run_dtype = pick_dtype(dtype, run_device)
-    run_optimizer = optimizer if optimizer != "auto" else "muon" if pick_dtype("auto", run_device) == "bfloat16" \
-        else "adamw"
+    run_optimizer = pick_optimizer(optimizer, run_device)
     autocast = torch.autocast(device_type, dtype=torch.bfloat16) if run_dtype == "bfloat16" else nullcontext()
     peak_flops = measure_peak_flops(run_device, getattr(torch, run_dtype))
     torch.manual_seed(seed)  # the same initial weights on every rank

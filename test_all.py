@@ -31,7 +31,8 @@ from bpe import SPLIT_PATTERN, Tokenizer, _LAST_CUT, _text_blocks
 from configurator import configure
 import finetune
 from model import (GPT, GPTConfig, KVCache, LayerNorm, SinusoidalPositions, causal_mask, keep_freed_memory,
-                   load_checkpoint, measure_peak_flops, pick_device, pick_dtype, sample_next_token, save_checkpoint)
+                   load_checkpoint, measure_peak_flops, pick_device, pick_dtype, pick_optimizer, sample_next_token,
+                   save_checkpoint)
 
 REPO = os.path.dirname(os.path.abspath(__file__))
 NOT_AUTO_DTYPE = "float32" if pick_dtype("auto", "cpu") == "bfloat16" else "bfloat16"  # a dtype that is not the default here
@@ -815,6 +816,11 @@ def test_pick_dtype_auto_is_bfloat16_only_where_the_cpu_multiplies_it_natively()
         assert pick_dtype("auto", "cpu") == "bfloat16"
     elif "amx_bf16" not in flags:  # (AMX alone also needs the kernel to enable it, which torch checks and this does not)
         assert pick_dtype("auto", "cpu") == "float32"
+
+
+def test_pick_optimizer_auto_is_muon_exactly_where_bfloat16_is_native():
+    assert pick_optimizer("adamw", "cpu") == "adamw" and pick_optimizer("muon", "cpu") == "muon"
+    assert pick_optimizer("auto", "cpu") == ("muon" if pick_dtype("auto", "cpu") == "bfloat16" else "adamw")
 
 
 def test_keep_freed_memory_keeps_large_freed_blocks_resident():
