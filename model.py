@@ -324,7 +324,7 @@ class GPT(nn.Module):
         return self.flops_per_token() * tokens_per_sec / peak_flops
 
     def configure_optimizers(self, optimizer, learning_rate, weight_decay, betas, device_type, muon_lr=0.02,
-                             muon_momentum=0.95):
+                             muon_momentum=0.95, muon_embedding_decay=None):
         """The optimizers to step together, as a list. Each param group keeps its own peak learning rate as
         'peak_lr', so that a schedule scales every group from its own base value.
 
@@ -333,13 +333,19 @@ class GPT(nn.Module):
         'muon': torch.optim.Muon for the weight matrices inside the blocks, AdamW as above for the rest: the tied
         embedding/head (a lookup table, whose rows should move independently, not as one orthogonalised matrix),
         the LayerNorm gains and the biases. Muon replaces each matrix's momentum by the nearest orthogonal matrix,
-        so every direction of the update moves at the same rate; its lr is scaled by sqrt(max(1, rows / cols))."""
+        so every direction of the update moves at the same rate; its lr is scaled by sqrt(max(1, rows / cols)).
+        The blocks then learn so fast that the embedding's rows for rare tokens are what overfits, so there it
+        decays by muon_embedding_decay (None: weight_decay)."""
         if optimizer not in ("adamw", "muon"):
             raise ValueError(f"optimizer must be 'adamw' or 'muon', not {optimizer!r}.")
+        embedding = self.tok_emb.weight
         matrices = [p for p in self.blocks.parameters() if p.requires_grad and p.dim() == 2 and optimizer == "muon"]
-        rest = [p for p in self.parameters() if p.requires_grad and all(p is not m for m in matrices)]
+        rest = [p for p in self.parameters() if p.requires_grad and all(p is not m for m in matrices + [embedding])]
         groups = [{"params": [p for p in rest if p.dim() >= 2], "weight_decay": weight_decay},
+                  {"params": [embedding], "weight_decay": muon_embedding_decay if matrices and
+                   muon_embedding_decay is not None else weight_decay},
                   {"params": [p for p in rest if p.dim() < 2], "weight_decay": 0.0}]
+        groups = [g for g in groups if g["params"]]  # with Muon, AdamW keeps no block matrix
         # fused: one kernel updates every tensor, several times faster than foreach on CPU (NOTES.md, Training speed)
         optimizers = [torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=device_type in ("cuda", "cpu"))]
         if matrices:

@@ -69,7 +69,8 @@ warmup_iters = 100
 cooldown_fraction = 0.4  # the last 40% of the steps decay linearly from the peak to min_lr_ratio of it
 min_lr_ratio = 0.1
 lr_decay_iters = 0  # the step where the decay ends; 0 means max_iters
-weight_decay = 0.1
+weight_decay = 0.1  # AdamW's, on every matrix; never on gains and biases
+muon_embedding_decay = 0.1  # AdamW's decay on the tied embedding/head when Muon trains the blocks
 beta1 = 0.9
 beta2 = 0.95  # measured better than 0.99 for these short runs (NOTES.md, Optimizer and defaults)
 grad_clip = 1.0  # 0 turns clipping off
@@ -304,9 +305,9 @@ if __name__ == "__main__":
         raise SystemExit(f"muon_momentum_warmup must not be negative, not {muon_momentum_warmup}")
     if not 0 <= cooldown_fraction <= 1:
         raise SystemExit(f"cooldown_fraction must be between 0 and 1, not {cooldown_fraction}")
-    if learning_rate < 0 or weight_decay < 0 or not (0 <= beta1 < 1 and 0 <= beta2 < 1):
-        raise SystemExit(f"learning_rate and weight_decay must be >= 0 and beta1 and beta2 in [0, 1); got "
-                         f"{learning_rate}, {weight_decay}, {beta1} and {beta2}")
+    if min(learning_rate, weight_decay, muon_embedding_decay) < 0 or not (0 <= beta1 < 1 and 0 <= beta2 < 1):
+        raise SystemExit(f"learning_rate, weight_decay and muon_embedding_decay must be >= 0 and beta1 and beta2 "
+                         f"in [0, 1); got {learning_rate}, {weight_decay}, {muon_embedding_decay}, {beta1} and {beta2}")
     try:  # the model's settings, before any slow work (the model itself takes the tokenizer's vocab_size)
         model_config = GPTConfig(vocab_size=vocab_size, d_model=d_model, n_heads=n_heads, n_layers=n_layers, d_ff=d_ff,
                                  max_seq_len=max_seq_len, dropout=dropout, bias=bias)
@@ -373,7 +374,7 @@ if __name__ == "__main__":
     model_config = dataclasses.replace(model_config, vocab_size=tokenizer.vocab_size)
     model = GPT(model_config).to(run_device)
     optimizers = model.configure_optimizers(run_optimizer, learning_rate, weight_decay, (beta1, beta2), device_type,
-                                            muon_lr, muon_momentum)
+                                            muon_lr, muon_momentum, muon_embedding_decay)
     if world_size > 1:
         torch.manual_seed(seed + rank)  # the same initial weights, but each rank its own dropout masks
     data_generator = torch.Generator().manual_seed(seed + rank)  # each rank draws its own windows

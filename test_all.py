@@ -993,17 +993,19 @@ def test_model_dropout_only_in_train_mode():
 
 def test_model_adamw_decays_only_matrices():
     model = tiny_model()
-    (optimizer,) = model.configure_optimizers("adamw", 1e-3, 0.1, (0.9, 0.95), "cpu")
-    decay, no_decay = optimizer.param_groups
-    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
-    assert {id(p) for p in decay["params"]} == {id(p) for p in model.parameters() if p.dim() >= 2}
-    assert {id(p) for p in no_decay["params"]} == {id(p) for p in model.parameters() if p.dim() < 2}
-    assert sum(len(g["params"]) for g in optimizer.param_groups) == len(list(model.parameters()))
+    (optimizer,) = model.configure_optimizers("adamw", 1e-3, 0.1, (0.9, 0.95), "cpu", muon_embedding_decay=1.0)
+    groups = optimizer.param_groups
+    assert [g["weight_decay"] for g in groups] == [0.1, 0.1, 0.0]  # the Muon-only rate leaves AdamW runs alone
+    assert groups[1]["params"] == [model.tok_emb.weight] and model.lm_head.weight is model.tok_emb.weight
+    assert {id(p) for g in groups[:2] for p in g["params"]} == {id(p) for p in model.parameters() if p.dim() >= 2}
+    assert {id(p) for p in groups[2]["params"]} == {id(p) for p in model.parameters() if p.dim() < 2}
+    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
 
 
 def test_model_muon_takes_the_matrices_inside_the_blocks_and_adamw_the_rest():
     model = tiny_model()
-    adamw, muon = model.configure_optimizers("muon", 1e-3, 0.1, (0.9, 0.95), "cpu", muon_lr=0.02)
+    adamw, muon = model.configure_optimizers("muon", 1e-3, 0.1, (0.9, 0.95), "cpu", muon_lr=0.02,
+                                             muon_embedding_decay=1.0)
     assert isinstance(muon, torch.optim.Muon) and isinstance(adamw, torch.optim.AdamW)
     names = {id(p): name for name, p in model.named_parameters()}
     in_muon = {names[id(p)] for group in muon.param_groups for p in group["params"]}
@@ -1014,6 +1016,8 @@ def test_model_muon_takes_the_matrices_inside_the_blocks_and_adamw_the_rest():
     assert len(in_muon) + len(in_adamw) == len(list(model.parameters()))
     assert [g["peak_lr"] for g in muon.param_groups] == [0.02] and muon.param_groups[0]["weight_decay"] == 0.0
     assert [g["peak_lr"] for g in adamw.param_groups] == [1e-3, 1e-3]
+    assert adamw.param_groups[0]["params"] == [model.tok_emb.weight]
+    assert [g["weight_decay"] for g in adamw.param_groups] == [1.0, 0.0]  # the embedding's own rate; gains, biases
 
 
 @pytest.mark.parametrize("optimizer", ["adamw", "muon"])
@@ -1340,17 +1344,19 @@ def test_pretrain_every_training_setting_changes_the_trained_weights(tmp_path):
     variants = {"optimizer": "adamw", "muon_lr": 0.05, "muon_momentum": 0.5,
                 "muon_momentum_warmup": 0, "learning_rate": 1e-3, "min_lr_ratio": 0.5,
                 "cooldown_fraction": 1.0, "warmup_iters": 1, "lr_decay_iters": 3,
-                "weight_decay": 0.5, "beta1": 0.5, "beta2": 0.5, "grad_clip": 0.01, "grad_accum_steps": 2,
-                "batch_size": 4, "dropout": 0.1, "seed": 1, "max_seq_len": 16, "val_fraction": 0.3,
-                "dtype": NOT_AUTO_DTYPE, "bias": False, "n_epochs": 0.01, "control": None}
+                "weight_decay": 0.5, "muon_embedding_decay": 0.5, "beta1": 0.5, "beta2": 0.5, "grad_clip": 0.01,
+                "grad_accum_steps": 2, "batch_size": 4, "dropout": 0.1, "seed": 1, "max_seq_len": 16,
+                "val_fraction": 0.3, "dtype": NOT_AUTO_DTYPE, "bias": False, "n_epochs": 0.01, "control": None}
+    adamw_only = {"weight_decay"}  # it decays AdamW's block matrices, which Muon takes in the base run
 
     def args(name, value=None):
         overrides = dict(max_iters=4, eval_interval=4, eval_iters=1, warmup_iters=2, cache_dir=tmp_path / "cache",
-                         optimizer="muon")
+                         optimizer="adamw" if name in adamw_only else "muon")
         return tiny_args(tmp_path / name, corpus, **{**overrides, **({name: value} if value is not None else {})})
     run_script_many_times("pretrain.py", [args("base")] + [args(name, value) for name, value in variants.items()])
-    base = load_checkpoint(tmp_path / "base" / "out" / "ckpt.pt")["model"]
     for name in variants:
+        # the 'optimizer' run is the base run with AdamW
+        base = load_checkpoint(tmp_path / ("optimizer" if name in adamw_only else "base") / "out" / "ckpt.pt")["model"]
         weights = load_checkpoint(tmp_path / name / "out" / "ckpt.pt")["model"]
         changed = weights.keys() != base.keys() or any(not torch.equal(weights[k], base[k]) for k in base)
         assert changed != (name == "control"), f"{name}: {'changed' if changed else 'no effect'}"
@@ -1537,6 +1543,7 @@ def test_pretrain_refuses_to_resume_a_fine_tuning_checkpoint(tiny_run, tmp_path)
     ("--data_path=DIRECTORY", "is a directory"),
     ("--n_heads=3", "d_model=32 must be divisible by n_heads=3"),  # before any data is read (there is none here)
     ("--beta2=1.0", "beta1 and beta2 in [0, 1)"),
+    ("--muon_embedding_decay=-1", "learning_rate, weight_decay and muon_embedding_decay must be >= 0"),
     ("--optimizer=sgd", "optimizer must be 'auto', 'adamw' or 'muon', not 'sgd'"),
     ("--muon_momentum=1", "muon_momentum in [0, 1)"),
     ("--muon_momentum_warmup=-1", "muon_momentum_warmup must not be negative, not -1"),
