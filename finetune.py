@@ -772,11 +772,12 @@ if __name__ == "__main__":
               f"(--n_epochs=0 trains for max_iters)")
     iter_num, best_val_loss = 0, float("inf")
     if init_from == "resume":
-        saved_optimizer = checkpoint.get("optimizer_name", "adamw")
+        saved_optimizer = checkpoint.get("optimizer_name", "unknown")
         if saved_optimizer != run_optimizer:  # the states of one do not fit the other
             raise SystemExit(f"{checkpoint_path} was trained with optimizer '{saved_optimizer}', not "
-                             f"'{run_optimizer}'; resume with --optimizer={saved_optimizer}")
-        for opt, state in zip(optimizers, checkpoint.get("optimizer_states", [checkpoint.get("optimizer")])):
+                             f"'{run_optimizer}'; resume with --optimizer={saved_optimizer} or fine-tune again from the "
+                             f"pretrained run")
+        for opt, state in zip(optimizers, checkpoint["optimizer_states"]):
             opt.load_state_dict(state)
         iter_num, best_val_loss = checkpoint["iter_num"], checkpoint["best_val_loss"]
         torch.set_rng_state(checkpoint["rng"]["torch"].cpu())

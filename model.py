@@ -340,10 +340,11 @@ class GPT(nn.Module):
             raise ValueError(f"optimizer must be 'adamw' or 'muon', not {optimizer!r}.")
         embedding = self.tok_emb.weight
         matrices = [p for p in self.blocks.parameters() if p.requires_grad and p.dim() == 2 and optimizer == "muon"]
-        rest = [p for p in self.parameters() if p.requires_grad and all(p is not m for m in matrices + [embedding])]
+        taken = {id(p) for p in matrices + [embedding]}
+        rest = [p for p in self.parameters() if p.requires_grad and id(p) not in taken]
+        embedding_decay = weight_decay if not matrices or muon_embedding_decay is None else muon_embedding_decay
         groups = [{"params": [p for p in rest if p.dim() >= 2], "weight_decay": weight_decay},
-                  {"params": [embedding], "weight_decay": muon_embedding_decay if matrices and
-                   muon_embedding_decay is not None else weight_decay},
+                  {"params": [embedding], "weight_decay": embedding_decay},
                   {"params": [p for p in rest if p.dim() < 2], "weight_decay": 0.0}]
         groups = [g for g in groups if g["params"]]  # with Muon, AdamW keeps no block matrix
         # fused: one kernel updates every tensor, several times faster than foreach on CPU (NOTES.md, Training speed)
