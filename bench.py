@@ -12,6 +12,7 @@ bench.py: speed, memory and quality measurements, one section per command-line a
     python bench.py pretrain [--seconds=180]               # the default run with each optimizer, against xz
     python bench.py plot [--runs=out,out-adamw]            # runs' bits per byte against time, and xz: assets/bpb.png
     python bench.py optimizer                              # the cost of an AdamW and a Muon step
+    python bench.py head                                   # a training step with HeadLoss and with the plain loss
     python bench.py finetune [--modes=weight,filter,...]   # every rating_mode on the default run, with parse and
                                                            # pass rates of the answers it writes; a mode may
                                                            # carry settings: condition:condition_contrast=0
@@ -35,8 +36,9 @@ import time
 from contextlib import nullcontext
 
 import torch
+import torch.nn.functional as F
 
-from model import GPT, GPTConfig, keep_freed_memory, measure_peak_flops, pick_dtype
+from model import GPT, GPTConfig, keep_freed_memory, measure_peak_flops, pick_dtype, pick_optimizer
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DATA = os.path.join(HERE, "data", "tinyshakespeare.txt")
@@ -212,19 +214,19 @@ def bench_quality(data=DATA, seconds=75, seeds="1337,1,2", **overrides):
 
 
 def split_bytes(out_dir, cache_dir):
-    """The training and validation text of a finished run, as bytes: its token ids (found in cache_dir by its
-    tokenizer's hash) split where pretrain.py splits them, then decoded."""
+    """The training and validation text of a finished run, as bytes: the token ids of each split (found in cache_dir
+    by its tokenizer's hash), decoded."""
     import numpy as np
     sys.path.insert(0, HERE)
     from bpe import Tokenizer
     tokenizer_path = os.path.join(out_dir, "tokenizer.json")
     with open(tokenizer_path, "rb") as f:
         tokenizer_sha = hashlib.sha256(f.read()).hexdigest()
-    ids_name = next(n for n in os.listdir(cache_dir) if n.endswith(f"-{tokenizer_sha[:12]}.uint16"))
-    ids = np.fromfile(os.path.join(cache_dir, ids_name), dtype=np.uint16)
-    n_train = int(len(ids) * (1 - 0.1))  # pretrain.py's val_fraction
     tokenizer = Tokenizer.load(tokenizer_path)
-    return tokenizer.decode_bytes(ids[:n_train].tolist()), tokenizer.decode_bytes(ids[n_train:].tolist())
+    names = os.listdir(cache_dir)
+    return tuple(tokenizer.decode_bytes(np.fromfile(os.path.join(cache_dir, name), dtype=name.rsplit(".", 1)[1]).tolist())
+                 for split in ("train", "val")
+                 for name in [next(n for n in names if f"-{tokenizer_sha[:12]}-{split}." in n)])
 
 
 def xz_bits_per_byte(train, val):
@@ -248,17 +250,18 @@ def parse_rate(pretrained_dir, seed):
     return f"{parses:.0%} (pass {passes:.0%})"
 
 
-def bench_pretrain(seconds=180, optimizers="adamw,muon", seeds="1337,1,2", finetune="yes"):
-    """The default run (config/small.py) with each optimizer, trained for the same wall-clock, over seeds: held-out
-    bits per byte against xz's conditional figure on the same split. With finetune='yes' each run is also
-    fine-tuned with config/finetune_small.py, and its greedy answers to held-out prompts that parse as Python and
-    define a function are counted (next to those that pass their checks)."""
+def bench_pretrain(seconds=180, optimizers="adamw,muon", seeds="1337,1,2", finetune="yes", **overrides):
+    """The default run (config/small.py, with any other settings given) with each optimizer, trained for the same
+    wall-clock, over seeds: held-out bits per byte against xz's conditional figure on the same split. With
+    finetune='yes' each run is also fine-tuned with config/finetune_small.py, and its greedy answers to held-out
+    prompts that parse as Python and define a function are counted (next to those that pass their checks)."""
     seconds, seeds = float(seconds), seeds.split(",")
     rows = [("optimizer", "seed", "steps", "training time", "bits per byte", "xz", "ratio", "parse rate")]
     medians = []
     with tempfile.TemporaryDirectory() as d:
         for optimizer in optimizers.split(","):
-            max_iters, logs = timed_runs([f"--out_dir={d}/{optimizer}", f"--optimizer={optimizer}", "--device=cpu"],
+            max_iters, logs = timed_runs([f"--out_dir={d}/{optimizer}", f"--optimizer={optimizer}", "--device=cpu",
+                                          *[f"--{k}={v}" for k, v in overrides.items()]],
                                          seconds, seeds, evaluations=10, eval_iters=60)
             if not medians:
                 xz = xz_bits_per_byte(*split_bytes(f"{d}/{optimizer}", os.path.join(HERE, "data", "cache")))
@@ -269,7 +272,8 @@ def bench_pretrain(seconds=180, optimizers="adamw,muon", seeds="1337,1,2", finet
             medians.append((optimizer, statistics.median(float(log[-1]["val_bpb"]) for log in logs)))
     rows += [(f"{optimizer}: median", "", "", "", f"{bpb:.3f}", f"{xz:.3f}", f"{bpb / xz:.2f}", "")
              for optimizer, bpb in medians]
-    print_table(f"the default run at equal wall-clock ({seconds:.0f} s of training), held-out bits per byte against "
+    print_table(f"the default run{''.join(f' --{k}={v}' for k, v in overrides.items())} at equal wall-clock "
+                f"({seconds:.0f} s of training), held-out bits per byte against "
                 f"xz -9e given the training split; {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at "
                 f"the end", rows)
 
@@ -311,16 +315,17 @@ def quiet_timing(fn, max_others=0.05, tries=20):
         time.sleep(1.0)
 
 
-def training_step(model, optimizer, x, y, autocast=nullcontext()):
-    """A full training step on fixed tokens, for any model whose forward returns (logits, loss): forward
-    (under autocast, as pretrain.py does), backward, clip, AdamW step, zero_grad."""
+def training_step(model, optimizers, x, y, autocast=nullcontext(), loss_fn=lambda model, x, y: model(x, y)[1]):
+    """A full training step on fixed tokens, for any model whose forward returns (logits, loss), or with loss_fn:
+    forward (under autocast, as pretrain.py does), backward, clip, the optimizers' steps, zero_grad."""
     def step():
         with autocast:
-            _, loss = model(x, y)
+            loss = loss_fn(model, x, y)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        for optimizer in optimizers:
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
     return step
 
 
@@ -328,10 +333,10 @@ def train_step_fn(config, batch_size, autocast=nullcontext()):
     """Our model at config, its AdamW and a training step on random tokens."""
     torch.manual_seed(0)
     model = GPT(GPTConfig(**config)).train()
-    (optimizer,) = model.configure_optimizers("adamw", 1e-3, 0.1, (0.9, 0.95), "cpu")
+    optimizers = model.configure_optimizers("adamw", 1e-3, 0.1, (0.9, 0.95), "cpu")
     x = torch.randint(0, config["vocab_size"], (batch_size, config["max_seq_len"]))
     y = torch.randint(0, config["vocab_size"], (batch_size, config["max_seq_len"]))
-    return model, training_step(model, optimizer, x, y, autocast)
+    return model, training_step(model, optimizers, x, y, autocast)
 
 
 def bench_train(repeats=5):
@@ -398,6 +403,40 @@ def bench_optimizer(repeats=5):
                 f"{torch.get_num_threads()} threads; medians of {repeats}", rows)
 
 
+def bench_head(repeats=7):
+    """A training step with model.py's HeadLoss (the head and the cross-entropy a few rows at a time, the gradient
+    made in the forward pass) against the same step with the plain F.cross_entropy(lm_head(x), targets), interleaved,
+    in the dtype and with the optimizers that pretrain.py's 'auto' picks on this machine."""
+    dtype, optimizer = pick_dtype("auto", "cpu"), pick_optimizer("auto", "cpu")
+    autocast = torch.autocast("cpu", torch.bfloat16) if dtype == "bfloat16" else nullcontext()
+    ways = {"plain": lambda model, x, y: F.cross_entropy(model.lm_head(model.hidden_states(x)).flatten(0, 1),
+                                                          y.flatten()),
+            "HeadLoss": lambda model, x, y: model(x, y)[1]}
+    rows = [("shape", "vocabulary", "batch x context", "plain", "HeadLoss", "plain / HeadLoss")]
+    for name, config, batch_size, steps in [("nanoGPT CPU shape", {**SMALL, "bias": False}, 12, 10),
+                                            ("config/small.py", CONFIG_SMALL, _small["batch_size"], 5),
+                                            ("the quality run", {**CONFIG_SMALL, "max_seq_len": 64},
+                                             _small["batch_size"], 5)]:
+        step_fns = {}
+        for way, loss_fn in ways.items():
+            torch.manual_seed(0)
+            model = GPT(GPTConfig(**config)).train()
+            optimizers = model.configure_optimizers(optimizer, 1e-3, 0.1, (0.9, 0.95), "cpu")
+            x, y = (torch.randint(0, config["vocab_size"], (batch_size, config["max_seq_len"])) for _ in range(2))
+            step_fns[way] = training_step(model, optimizers, x, y, autocast, loss_fn)
+            for _ in range(3):
+                step_fns[way]()  # warm-up
+        times = {way: [] for way in ways}
+        for _ in range(int(repeats)):
+            for way, step in step_fns.items():
+                times[way].append(quiet_timing(lambda: [step() for _ in range(steps)])[0] / steps * 1e3)
+        ms = {way: statistics.median(t) for way, t in times.items()}
+        rows.append((name, config["vocab_size"], f"{batch_size} x {config['max_seq_len']}", f"{ms['plain']:.1f} ms",
+                     f"{ms['HeadLoss']:.1f} ms", f"{ms['plain'] / ms['HeadLoss']:.2f}x"))
+    print_table(f"a training step with the plain head and loss against HeadLoss ({dtype}, {optimizer}, "
+                f"{torch.get_num_threads()} threads), medians of {repeats} interleaved repeats", rows)
+
+
 def bench_nanogpt(path=os.path.join(HERE, "..", "nanoGPT"), repeats=15):
     """Our model against nanoGPT's, in the same step loop, at nanoGPT's CPU shape (bias=False, as its default),
     interleaved so that both see the same machine. nanoGPT is not part of this project: clone it yourself
@@ -421,7 +460,7 @@ def bench_nanogpt(path=os.path.join(HERE, "..", "nanoGPT"), repeats=15):
     x, y = torch.randint(0, 65, (12, 64)), torch.randint(0, 65, (12, 64))
     steps = {"this project's model.py": ours_step,
              f"the same, bfloat16 autocast (dtype='auto' picks {pick_dtype('auto', 'cpu')} here)": ours_bf16_step,
-             "nanoGPT's model.py": training_step(theirs, optimizer, x, y)}
+             "nanoGPT's model.py": training_step(theirs, [optimizer], x, y)}
     times = {name: [] for name in steps}
     for step in steps.values():
         for _ in range(10):
@@ -691,7 +730,7 @@ def bench_plot(runs="out", out="assets/bpb.png"):
 SECTIONS = {"tokenizer": bench_tokenizer, "train": bench_train, "nanogpt": bench_nanogpt, "bf16": bench_bf16,
             "allocator": bench_allocator, "sample": bench_sample, "memory": bench_memory, "quality": bench_quality,
             "pretrain": bench_pretrain, "plot": bench_plot, "finetune": bench_finetune,
-            "optimizer": bench_optimizer}
+            "optimizer": bench_optimizer, "head": bench_head}
 
 if __name__ == "__main__":
     names = [a for a in sys.argv[1:] if not a.startswith("--")]

@@ -1,9 +1,9 @@
 """
 A GPT language model, all of it in this one file, meant to be read from top to bottom:
-GPTConfig -> TokenEmbedding -> SinusoidalPositions -> LayerNorm -> CausalSelfAttention -> MLP -> Block -> GPT,
-then sampling, checkpoints, the device and dtype to train in, a peak-FLOPs probe, an allocator setting for
-CPU training, and last walk_through: `python model.py` takes a few bytes through every component above and
-prints what each does. It imports only torch and the standard library.
+GPTConfig -> TokenEmbedding -> SinusoidalPositions -> LayerNorm -> CausalSelfAttention -> MLP -> Block ->
+HeadLoss -> GPT, then sampling, checkpoints, the device and dtype to train in, a peak-FLOPs probe, an allocator
+setting for CPU training, and last walk_through: `python model.py` takes a few bytes through every component
+above and prints what each does. It imports only torch and the standard library.
 
 Shapes in comments: B batch, T sequence length, C = d_model, H heads, D = C // H head size, V vocabulary.
 """
@@ -205,6 +205,44 @@ class Block(nn.Module):
         return x + self.mlp(self.ln2(x))
 
 
+class HeadLoss(torch.autograd.Function):
+    """The tied head and the mean cross-entropy in one step, without keeping the logits. The plain way,
+    F.cross_entropy(F.linear(x, weight), targets), writes the (N, V) logits, casts them to float32 and keeps their
+    log-softmax for the backward pass: trips through memory far larger than the caches, a large share of a CPU step
+    when V is thousands and d_model small. Here the logits are made once, in the dtype the matmul runs in, and a few
+    rows at a time, while those rows are in cache, they become their own gradient: (softmax - one_hot(target)) / the
+    number of targets counted. The backward pass's two matmuls then run at once and backward() only scales their
+    results (NOTES.md, Training speed). Use it through GPT.forward."""
+
+    @staticmethod
+    def forward(ctx, x, weight, targets):  # x (N, C), weight (V, C), targets (N,) with -1 ignored -> mean loss
+        device_type = x.device.type
+        dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else x.dtype
+        with torch.autocast(device_type, enabled=False):  # the dtypes here are set by hand
+            x_, weight_ = x.to(dtype), weight.to(dtype)
+            logits = x_ @ weight_.t()                                     # (N, V), overwritten by its gradient
+            counted = targets != -1
+            n_counted = counted.sum().clamp(min=1)
+            index = targets.clamp(min=0).unsqueeze(1)                     # (N, 1), ignored rows point at id 0
+            upcast = torch.promote_types(dtype, torch.float32)  # float32, or float64 where x is
+            total = torch.zeros((), dtype=upcast, device=x.device)
+            rows = max(1, 2**18 // weight.size(0))  # about 1 MiB of float32 logits at a time, which stays in cache
+            for i in range(0, len(targets), rows):
+                logprobs = F.log_softmax(logits[i:i + rows].to(upcast), dim=-1)
+                total -= (logprobs.gather(1, index[i:i + rows]).squeeze(1) * counted[i:i + rows]).sum()
+                if any(ctx.needs_input_grad):
+                    grad = logprobs.exp_().scatter_add_(1, index[i:i + rows], torch.full_like(logprobs[:, :1], -1.0))
+                    logits[i:i + rows] = grad * (counted[i:i + rows].unsqueeze(1) / n_counted)
+            if any(ctx.needs_input_grad):
+                ctx.save_for_backward((logits @ weight_).to(x.dtype), (logits.t() @ x_).to(weight.dtype))
+        return total / n_counted
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        grad_x, grad_weight = ctx.saved_tensors
+        return grad_x * grad_loss, grad_weight * grad_loss, None
+
+
 class GPT(nn.Module):
     """Token embedding + positions -> n_layers Blocks -> final LayerNorm -> logits over the vocabulary."""
 
@@ -245,12 +283,13 @@ class GPT(nn.Module):
         return self.ln_f(x)
 
     def forward(self, idx, targets=None, cache=None):
-        """Logits (B, T, V) for the token after each position, and the mean cross-entropy against targets
-        (B, T) if given; targets equal to -1 are ignored."""
-        logits = self.lm_head(self.hidden_states(idx, cache))
+        """Without targets: logits (B, T, V) for the token after each position, and None. With targets (B, T):
+        None and the mean cross-entropy against them, where targets equal to -1 are ignored; the logits are
+        never all kept then (HeadLoss)."""
+        x = self.hidden_states(idx, cache)
         if targets is None:
-            return logits, None
-        return logits, F.cross_entropy(logits.flatten(0, 1), targets.reshape(-1), ignore_index=-1)
+            return self.lm_head(x), None
+        return None, HeadLoss.apply(x.flatten(0, 1), self.lm_head.weight, targets.reshape(-1))
 
     def generate_stream(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, stop_token=None,
                         use_cache=True):
@@ -532,10 +571,13 @@ def walk_through(config, text):
         x = block(x)
         print(f"  {f'after block {i}':<22} {tuple(x.shape)}")
 
-    logits, loss = model(idx[:, :-1], idx[:, 1:])  # each position predicts the next byte
+    logits, targets = model(idx[:, :-1])[0], idx[:, 1:]  # each position predicts the next byte
+    loss = model(idx[:, :-1], targets)[1]
+    plain = F.cross_entropy(logits.flatten(0, 1), targets.flatten())
     print(f"\nGPT.forward: positions 0-{T - 2} predict bytes 1-{T - 1}: logits {tuple(logits.shape)}, a score for "
-          f"each of the {config.vocab_size} ids at each position\n  loss {loss.item():.3f}; an untrained model "
-          f"guesses about evenly: ln({config.vocab_size}) = {math.log(config.vocab_size):.3f}")
+          f"each of the {config.vocab_size} ids at each position\n  loss {loss.item():.3f} (HeadLoss; from the "
+          f"logits, F.cross_entropy gives {plain.item():.3f}); an untrained model guesses about evenly: "
+          f"ln({config.vocab_size}) = {math.log(config.vocab_size):.3f}")
 
     parts = {"tok_emb (tied: also lm_head)": "tok_emb.", "attention": ".attn.", "MLP": ".mlp.",
              "LayerNorms in blocks": ".ln", "ln_f": "ln_f."}

@@ -9,11 +9,13 @@ The corpus is tokenized once with bpe.py (cached in cache_dir); checkpoints, the
 log of every evaluation go to out_dir. Run with --help to list every setting.
 """
 import atexit
+import codecs
 import csv
 import dataclasses
 import hashlib
 import math
 import os
+import re
 import shutil
 import signal
 import sys
@@ -151,38 +153,80 @@ def file_sha256(path):
     return digest.hexdigest()
 
 
-def prepare_tokens(text_path):
-    """Train (or reuse) the tokenizer and encode the corpus to a uint16/uint32 file of token ids."""
-    text_sha = file_sha256(text_path)
-    stem = os.path.splitext(os.path.basename(text_path))[0]
-    tokenizer_path = os.path.join(cache_dir, f"{stem}-{text_sha[:12]}-v{vocab_size}.json")
+def split_corpus(text_path):
+    """Cut the corpus into a training and a validation text file in cache_dir, where its last val_fraction of bytes
+    begins, moved on to just after the next newline or <|endoftext|>. The tokenizer is then trained on the training
+    text alone: merges learned from the held-out text would flatter its bits per byte (NOTES.md, Tokenizer)."""
+    stem, text_sha = os.path.splitext(os.path.basename(text_path))[0], file_sha256(text_path)
     os.makedirs(cache_dir, exist_ok=True)
+    paths = {split: os.path.join(cache_dir, f"{stem}-{text_sha[:12]}-val{val_fraction}-{split}.txt")
+             for split in ("train", "val")}
+    if all(os.path.exists(path) for path in paths.values()):
+        return paths
+    size = os.path.getsize(text_path)
+    mark = int(size * (1 - val_fraction))
+    window_start = max(0, mark - len("<|endoftext|>"))  # from a little before the mark, to see a separator across it
+    with open(text_path, "rb") as f:
+        f.seek(window_start)
+        window = f.read(1 << 20)
+    ends = (m.end() for m in re.finditer(rb"\n|<\|endoftext\|>", window) if window_start + m.end() > mark)
+    # with neither in the next MiB, the first byte at the mark that starts a character
+    cut = window_start + next(ends, next((i for i in range(mark - window_start, len(window))
+                                          if window[i] & 0xC0 != 0x80), len(window)))
+    decoder = codecs.getincrementaldecoder("utf-8")()  # checks the text on the way, to name the user's file
+    with open(text_path, "rb") as f:
+        for split, length in (("train", cut), ("val", size - cut)):
+            tmp = f"{paths[split]}.tmp{os.getpid()}"  # per process: runs sharing cache_dir may split at once
+            with open(tmp, "wb") as out:
+                while length > 0 or split == "val":
+                    block = f.read(min(length, 1 << 22))
+                    try:
+                        decoder.decode(block, final=not block)
+                    except UnicodeDecodeError as e:
+                        os.remove(tmp)
+                        raise ValueError(f"{text_path} is not UTF-8 text (byte 0x{e.object[e.start]:02x} cannot start "
+                                         f"or continue a character); convert it to UTF-8 first") from None
+                    if not block:
+                        break
+                    out.write(block)
+                    length -= len(block)
+            os.replace(tmp, paths[split])
+    return paths
+
+
+def prepare_tokens(text_paths):
+    """Train (or reuse) the tokenizer on the training text, and encode each split to a uint16/uint32 file of token
+    ids. Returns the tokenizer, its path and hash, the ids' paths and their dtype."""
+    stem = os.path.basename(text_paths["train"]).removesuffix("-train.txt")
+    tokenizer_path = os.path.join(cache_dir, f"{stem}-v{vocab_size}.json")
     if not os.path.exists(tokenizer_path):
         t0 = time.time()
-        tokenizer = Tokenizer.train_file(text_path, vocab_size, SPECIAL_TOKENS)
+        tokenizer = Tokenizer.train_file(text_paths["train"], vocab_size, SPECIAL_TOKENS)
         tokenizer.save(tokenizer_path)
         print(f"trained a tokenizer of {tokenizer.vocab_size} tokens in {time.time() - t0:.1f}s: {tokenizer_path}")
     tokenizer = Tokenizer.load(tokenizer_path)
     tokenizer_sha = file_sha256(tokenizer_path)
     ids_dtype = "uint16" if tokenizer.vocab_size <= 65536 else "uint32"
-    ids_path = os.path.join(cache_dir, f"{stem}-{text_sha[:12]}-{tokenizer_sha[:12]}.{ids_dtype}")
-    if not os.path.exists(ids_path):
-        t0 = time.time()
-        workers = 1 if os.path.getsize(text_path) < 64 << 20 else max(1, os.cpu_count() - 1)
-        tmp = f"{ids_path}.tmp{os.getpid()}"  # per process: runs sharing cache_dir may encode at once
-        n_ids = tokenizer.encode_file(text_path, tmp, dtype=ids_dtype, num_workers=workers,
-                                      allowed_special={"<|endoftext|>"})
-        os.replace(tmp, ids_path)
-        print(f"encoded {os.path.getsize(text_path) / 1e6:.1f} MB to {n_ids:,} tokens in {time.time() - t0:.1f}s")
-    return tokenizer, tokenizer_path, tokenizer_sha, ids_path, ids_dtype
+    ids_paths = {}
+    for split, path in text_paths.items():
+        ids_paths[split] = os.path.join(cache_dir, f"{stem}-{tokenizer_sha[:12]}-{split}.{ids_dtype}")
+        if not os.path.exists(ids_paths[split]):
+            t0 = time.time()
+            workers = 1 if os.path.getsize(path) < 64 << 20 else max(1, os.cpu_count() - 1)
+            tmp = f"{ids_paths[split]}.tmp{os.getpid()}"  # per process: runs sharing cache_dir may encode at once
+            n_ids = tokenizer.encode_file(path, tmp, dtype=ids_dtype, num_workers=workers,
+                                          allowed_special={"<|endoftext|>"})
+            os.replace(tmp, ids_paths[split])
+            print(f"encoded the {split} split, {os.path.getsize(path) / 1e6:.1f} MB, to {n_ids:,} tokens in "
+                  f"{time.time() - t0:.1f}s")
+    return tokenizer, tokenizer_path, tokenizer_sha, ids_paths, ids_dtype
 
 
 def get_batch(split, generator):
     """Sample batch_size random windows: x (B, T) and y (B, T), y shifted by one token."""
-    ids = np.memmap(ids_path, dtype=ids_dtype, mode="r")  # reopened per batch so its pages are not held
-    start, end = (0, n_train_tokens) if split == "train" else (n_train_tokens, len(ids))
+    ids = np.memmap(ids_paths[split], dtype=ids_dtype, mode="r")  # reopened per batch so its pages are not held
     # windows of max_seq_len + 1 tokens; the last possible one ends with the split's last token
-    offsets = torch.randint(start, end - max_seq_len, (batch_size,), generator=generator)
+    offsets = torch.randint(0, len(ids) - max_seq_len, (batch_size,), generator=generator)
     windows = torch.from_numpy(ids[offsets.numpy()[:, None] + np.arange(max_seq_len + 1)].astype(np.int64))
     x, y = windows[:, :-1].contiguous(), windows[:, 1:].contiguous()
     if run_device.startswith("cuda"):
@@ -347,22 +391,20 @@ if __name__ == "__main__":
         dist.barrier()
     text_path = fetch_corpus(data_path)
     try:
-        tokenizer, tokenizer_cache_path, tokenizer_sha, ids_path, ids_dtype = prepare_tokens(text_path)
-    except ValueError as e:  # bpe.py's one-sentence errors, such as a file that is not UTF-8
+        text_paths = split_corpus(text_path)
+        tokenizer, tokenizer_cache_path, tokenizer_sha, ids_paths, ids_dtype = prepare_tokens(text_paths)
+    except ValueError as e:  # one-sentence errors from here and bpe.py, such as a file that is not UTF-8
         raise SystemExit(str(e))
     if master and world_size > 1:
         dist.barrier()
-    n_tokens = len(np.memmap(ids_path, dtype=ids_dtype, mode="r"))
-    n_train_tokens = int(n_tokens * (1 - val_fraction))
-    if min(n_train_tokens, n_tokens - n_train_tokens) < max_seq_len + 1:  # one window of max_seq_len + 1 each
+    n_train_tokens, n_val_tokens = (len(np.memmap(ids_paths[split], dtype=ids_dtype, mode="r"))
+                                    for split in ("train", "val"))
+    n_tokens = n_train_tokens + n_val_tokens
+    if min(n_train_tokens, n_val_tokens) < max_seq_len + 1:  # one window of max_seq_len + 1 each
         raise SystemExit(f"{data_path} gives {n_tokens:,} tokens, too few for a train and validation split of "
                          f"windows of max_seq_len={max_seq_len}; use a larger file or a smaller max_seq_len")
     # bits per byte = nats per token * tokens per byte / ln 2, with the bytes of the validation text itself
-    val_ids = np.memmap(ids_path, dtype=ids_dtype, mode="r")[n_train_tokens:]
-    token_lengths = np.array([len(tokenizer.decode_bytes([i])) for i in range(tokenizer.vocab_size)])
-    val_bytes = sum(int(token_lengths[val_ids[i:i + (1 << 22)]].sum()) for i in range(0, len(val_ids), 1 << 22))
-    val_tokens_per_byte = len(val_ids) / val_bytes
-    del val_ids
+    val_tokens_per_byte = n_val_tokens / os.path.getsize(text_paths["val"])
     tokens_per_iter = grad_accum_steps * batch_size * max_seq_len
     if n_epochs > 0:
         epoch_iters = math.ceil(n_epochs * n_train_tokens / tokens_per_iter)

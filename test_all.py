@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from bpe import SPLIT_PATTERN, Tokenizer, _LAST_CUT, _text_blocks
 from configurator import configure
 import finetune
-from model import (GPT, GPTConfig, KVCache, LayerNorm, SinusoidalPositions, causal_mask, keep_freed_memory,
+from model import (GPT, GPTConfig, HeadLoss, KVCache, LayerNorm, SinusoidalPositions, causal_mask, keep_freed_memory,
                    load_checkpoint, measure_peak_flops, pick_device, pick_dtype, pick_optimizer, sample_next_token,
                    save_checkpoint)
 
@@ -618,9 +618,36 @@ def test_model_forward_shapes_and_loss():
     assert logits.shape == (3, 10, 50) and loss is None
     targets = idx.clone()
     targets[:, :4] = -1  # ignored positions do not count in the mean
-    logits, loss = model(idx, targets)
+    no_logits, loss = model(idx, targets)
     expected = F.cross_entropy(logits[:, 4:].reshape(-1, 50), idx[:, 4:].reshape(-1))
-    assert torch.allclose(loss, expected, atol=1e-6)
+    assert no_logits is None and torch.allclose(loss, expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_model_head_loss_gives_the_plain_loss_and_gradients(autocast):
+    """HeadLoss (the head and cross-entropy in chunks, the gradient made in the forward pass) against
+    F.cross_entropy(F.linear(...)): the same loss and gradients, ignored targets included, in float64 and under
+    bfloat16 autocast (where both round the logits' gradient to bfloat16 before the matmuls); and the same loss
+    without gradients, where it skips their work. 1,000 rows at a vocabulary of 2,000 make several chunks."""
+    torch.manual_seed(0)
+    dtype = torch.float32 if autocast else torch.float64
+    x, weight = torch.randn(1000, 16, dtype=dtype), torch.randn(2000, 16, dtype=dtype)
+    targets = torch.randint(0, 2000, (1000,))
+    targets[::7] = -1
+    results = []
+    for loss_fn in (lambda x, w: HeadLoss.apply(x, w, targets),
+                    lambda x, w: F.cross_entropy(F.linear(x, w), targets, ignore_index=-1)):
+        x_, weight_ = x.clone().requires_grad_(), weight.clone().requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            loss = loss_fn(x_, weight_)
+            (3 * loss).backward()
+            with torch.no_grad():
+                assert torch.equal(loss_fn(x, weight), loss)
+        results.append((loss, x_.grad, weight_.grad))
+    (loss, grad_x, grad_weight), (expected, expected_x, expected_weight) = results
+    tolerance = dict(rtol=2e-2, atol=5e-4) if autocast else dict(rtol=1e-7, atol=1e-10)
+    assert torch.allclose(loss, expected, **tolerance)
+    assert torch.allclose(grad_x, expected_x, **tolerance) and torch.allclose(grad_weight, expected_weight, **tolerance)
 
 
 def test_model_sequence_too_long_raises():
@@ -1270,8 +1297,7 @@ def test_pretrain_lowers_the_validation_loss(tiny_run):
     assert float(rows[-1]["val_loss"]) < 0.8 * float(rows[0]["val_loss"])
     run_dir = tiny_run[0]
     tokenizer = Tokenizer.load(run_dir / "out" / "tokenizer.json")
-    ids = np.fromfile(next((run_dir / "cache").glob("*.uint16")), dtype="<u2")
-    val_ids = ids[int(len(ids) * 0.9):].tolist()  # the validation split: the last tenth
+    val_ids = np.fromfile(next((run_dir / "cache").glob("*-val.uint16")), dtype="<u2").tolist()
     tokens_per_byte = len(val_ids) / len(tokenizer.decode_bytes(val_ids))
     for r in rows:
         assert float(r["val_bpb"]) == pytest.approx(float(r["val_loss"]) * tokens_per_byte / math.log(2), rel=1e-3)
@@ -1480,9 +1506,39 @@ def test_pretrain_corpus_separator_is_the_end_token_and_nothing_else_is(tmp_path
     corpus.write_text("<|endoftext|>".join(documents), encoding="utf-8")
     run_script("pretrain.py", tiny_args(tmp_path, corpus, max_iters=0))
     tokenizer = Tokenizer.load(next((tmp_path / "cache").glob("*.json")))  # no step taken, so no out_dir copy
-    ids = np.fromfile(next((tmp_path / "cache").glob("*.uint16")), dtype="<u2")
+    ids = [i for split in ("train", "val")
+           for i in np.fromfile(next((tmp_path / "cache").glob(f"*-{split}.uint16")), dtype="<u2").tolist()]
     special_ids = set(tokenizer.special_tokens.values())
-    assert [i for i in ids.tolist() if i in special_ids] == [tokenizer.special_tokens["<|endoftext|>"]] * (len(documents) - 1)
+    assert [i for i in ids if i in special_ids] == [tokenizer.special_tokens["<|endoftext|>"]] * (len(documents) - 1)
+
+
+@pytest.mark.parametrize("separator", ["\n", "<|endoftext|>", " "])
+def test_pretrain_holds_out_the_last_tenth_of_the_bytes_cut_after_a_line_or_document(tmp_path, separator):
+    """The training and validation texts are the corpus cut in two, just after the first newline or separator past
+    90% of its bytes; without either, at the first character there (the corpus has multi-byte characters)."""
+    corpus = tmp_path / "corpus.txt"
+    make_corpus(corpus, n_words=3000)
+    corpus.write_text(separator.join(corpus.read_text(encoding="utf-8").split("\n")), encoding="utf-8")
+    run_script("pretrain.py", tiny_args(tmp_path, corpus, max_iters=0))
+    train, val = ((next((tmp_path / "cache").glob(f"*-{split}.txt"))).read_bytes() for split in ("train", "val"))
+    data = corpus.read_bytes()
+    assert train + val == data and int(len(data) * 0.9) <= len(train) < int(len(data) * 0.9) + 200
+    if separator != " ":
+        assert train.endswith(separator.encode()) and separator.encode() not in train[int(len(data) * 0.9):-1]
+    val.decode("utf-8")  # a whole number of characters
+
+
+def test_pretrain_tokenizer_never_sees_the_validation_text(tmp_path):
+    """A word that occurs only in the last tenth, hundreds of times, gets no token of its own: the tokenizer learns
+    its merges from the training text alone, so the held-out bits per byte are not flattered."""
+    corpus = tmp_path / "corpus.txt"
+    make_corpus(corpus, n_words=3000)
+    text = corpus.read_text(encoding="utf-8")
+    corpus.write_text(text + "\n" + " zebrafish." * (len(text) // 60), encoding="utf-8")
+    run_script("pretrain.py", tiny_args(tmp_path, corpus, max_iters=0))
+    tokenizer = Tokenizer.load(next((tmp_path / "cache").glob("*.json")))
+    assert len(tokenizer.encode(" zebrafish")) > 3
+    assert b" zebrafish" not in {tokenizer.decode_bytes([i]) for i in range(tokenizer.vocab_size)}
 
 
 def test_finetune_special_token_text_in_a_prompt_or_response_stays_plain_text(ft_tokenizer):
