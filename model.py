@@ -226,7 +226,8 @@ class HeadLoss(torch.autograd.Function):
             index = targets.clamp(min=0).unsqueeze(1)                     # (N, 1), ignored rows point at id 0
             upcast = torch.promote_types(dtype, torch.float32)  # float32, or float64 where x is
             total = torch.zeros((), dtype=upcast, device=x.device)
-            rows = max(1, 2**18 // weight.size(0))  # about 1 MiB of float32 logits at a time, which stays in cache
+            # on CPU about 1 MiB of float32 logits at a time, which stays in cache; a GPU takes all rows at once
+            rows = max(1, 2**18 // weight.size(0)) if device_type == "cpu" else len(targets)
             for i in range(0, len(targets), rows):
                 logprobs = F.log_softmax(logits[i:i + rows].to(upcast), dim=-1)
                 total -= (logprobs.gather(1, index[i:i + rows]).squeeze(1) * counted[i:i + rows]).sum()
