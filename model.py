@@ -228,13 +228,14 @@ class HeadLoss(torch.autograd.Function):
             total = torch.zeros((), dtype=upcast, device=x.device)
             # on CPU about 1 MiB of float32 logits at a time, which stays in cache; a GPU takes all rows at once
             rows = max(1, 2**18 // weight.size(0)) if device_type == "cpu" else len(targets)
+            needs_grad = any(ctx.needs_input_grad)
             for i in range(0, len(targets), rows):
                 logprobs = F.log_softmax(logits[i:i + rows].to(upcast), dim=-1)
                 total -= (logprobs.gather(1, index[i:i + rows]).squeeze(1) * counted[i:i + rows]).sum()
-                if any(ctx.needs_input_grad):
+                if needs_grad:
                     grad = logprobs.exp_().scatter_add_(1, index[i:i + rows], torch.full_like(logprobs[:, :1], -1.0))
                     logits[i:i + rows] = grad * (counted[i:i + rows].unsqueeze(1) / n_counted)
-            if any(ctx.needs_input_grad):
+            if needs_grad:
                 ctx.save_for_backward((logits @ weight_).to(x.dtype), (logits.t() @ x_).to(weight.dtype))
         return total / n_counted
 

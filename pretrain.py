@@ -174,23 +174,24 @@ def split_corpus(text_path):
     cut = window_start + next(ends, next((i for i in range(mark - window_start, len(window))
                                           if window[i] & 0xC0 != 0x80), len(window)))
     decoder = codecs.getincrementaldecoder("utf-8")()  # checks the text on the way, to name the user's file
-    with open(text_path, "rb") as f:
-        for split, length in (("train", cut), ("val", size - cut)):
-            tmp = f"{paths[split]}.tmp{os.getpid()}"  # per process: runs sharing cache_dir may split at once
-            with open(tmp, "wb") as out:
-                while length > 0 or split == "val":
-                    block = f.read(min(length, 1 << 22))
-                    try:
-                        decoder.decode(block, final=not block)
-                    except UnicodeDecodeError as e:
-                        os.remove(tmp)
-                        raise ValueError(f"{text_path} is not UTF-8 text (byte 0x{e.object[e.start]:02x} cannot start "
-                                         f"or continue a character); convert it to UTF-8 first") from None
-                    if not block:
-                        break
-                    out.write(block)
-                    length -= len(block)
-            os.replace(tmp, paths[split])
+    tmp = None
+    try:
+        with open(text_path, "rb") as f:
+            for split, length in (("train", cut), ("val", size - cut)):
+                tmp = f"{paths[split]}.tmp{os.getpid()}"  # per process: runs sharing cache_dir may split at once
+                with open(tmp, "wb") as out:
+                    while length > 0 and (block := f.read(min(length, 1 << 22))):
+                        decoder.decode(block)
+                        out.write(block)
+                        length -= len(block)
+                os.replace(tmp, paths[split])
+        decoder.decode(b"", final=True)  # the file does not end inside a character
+    except UnicodeDecodeError as e:
+        for path in (tmp, *paths.values()):  # nothing half-checked stays in the cache
+            if path and os.path.exists(path):
+                os.remove(path)
+        raise ValueError(f"{text_path} is not UTF-8 text (byte 0x{e.object[e.start]:02x} cannot start or continue "
+                         f"a character); convert it to UTF-8 first") from None
     return paths
 
 
