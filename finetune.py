@@ -16,7 +16,8 @@ and only the response and the end token are learned. rating_mode says what the r
   kto        rows rated 4-5 are desirable and 1-2 undesirable (3 is left out), trained with KTO
              (Ethayarajh et al. 2024) against the frozen pretrained model, so bad answers are pushed down
   dpo        every higher-rated answer to a prompt is paired with every lower-rated one (equal ratings make
-             no pair), trained with DPO (Rafailov et al. 2023) against the frozen pretrained model
+             no pair), trained with DPO (Rafailov et al. 2023) against the frozen pretrained model, plus an
+             SFT term on the preferred answers that filter would learn
 Prompts are split into training and validation; every evaluation logs the response loss of each rating
 and the preference score (overall and per pair of ratings) to out_dir/log.csv, and in kto and dpo modes
 the reward margin of the training batches since the last evaluation. With --answer_checks=True the model
@@ -48,8 +49,8 @@ from tqdm import tqdm
 
 from bpe import Tokenizer
 from configurator import configure
-from model import (GPT, GPTConfig, keep_freed_memory, load_checkpoint, pick_device, pick_dtype, pick_optimizer,
-                   save_checkpoint)
+from model import (GPT, GPTConfig, keep_freed_memory, load_checkpoint, load_optimizer_states, pick_device,
+                   pick_dtype, pick_optimizer, save_checkpoint)
 
 # -----------------------------------------------------------------------------
 # settings: override with config files (config/*.py, the finetuning section of a config.json) and --name=value
@@ -60,7 +61,7 @@ out_dir = "out-finetune"  # must differ from the pretrained run's directory, whi
 skip_bad_rows = False  # True skips rows with a bad rating or an empty field (and says how many) instead of stopping
 # how ratings are used
 rating_mode = "filter"  # 'weight', 'filter', 'condition', 'kto' or 'dpo' (see above)
-min_rating = 4  # filter: the lowest rating that is learned
+min_rating = 4  # filter, and dpo's SFT term: the lowest rating that is learned
 condition_contrast = 1.0  # condition: weight of the contrast term (see contrast_loss); 0 turns it off
 condition_rank = 0.5  # condition: weight of the ranking term (see rank_loss); 0 turns it off
 condition_beta = 5.0  # condition: how sharply both terms saturate in the per-token log-probability gap
@@ -68,7 +69,9 @@ kto_beta = 0.1  # kto: how sharply the value function saturates in the log-proba
 kto_lambda_desirable = 1.0  # kto: weight of desirable rows
 kto_lambda_undesirable = 1.0  # kto: weight of undesirable rows (loss aversion when larger)
 dpo_beta = 0.1  # dpo: how sharply the loss saturates in the summed log-probability ratios (0.1 as in the paper)
-dpo_sft = 0.0  # dpo: weight of an SFT term, the mean loss per token of each pair's higher-rated answer
+# dpo: weight of an SFT term, the mean loss per token of the preferred answers rated >= min_rating; without it
+# (0, the paper's loss) greedy answers stop being code, 0.3 parsed best (NOTES.md, Fine-tuning)
+dpo_sft = 0.3
 # training
 max_iters = 150
 n_epochs = 0.0  # if > 0, train for this many passes over the training rows instead of max_iters
@@ -464,8 +467,9 @@ def training_loss(batch):
         ref_logprobs, _ = sequence_logprobs(reference, x, y)
     if rating_mode == "dpo":
         loss, chosen, rejected = dpo_loss(logprobs[:B], logprobs[B:], ref_logprobs[:B], ref_logprobs[B:], dpo_beta)
-        if dpo_sft > 0:
-            loss = loss + dpo_sft * weighted_loss(logprobs[:B], n_tokens[:B], torch.ones(B, device=run_device))
+        if dpo_sft > 0:  # imitate the preferred answers filter would learn, not a wrong one preferred to a rude one
+            learned = torch.tensor([float(c.rating >= min_rating) for c, _ in batch], device=run_device)
+            loss = loss + dpo_sft * weighted_loss(logprobs[:B], n_tokens[:B] * learned, learned)
         return loss, {"reward_margin": (chosen - rejected).mean().item(),
                       "reward_accuracy": (chosen > rejected).float().mean().item(),
                       "chosen_logprob": (logprobs[:B] / n_tokens[:B].clamp(min=1)).mean().item()}
@@ -777,8 +781,11 @@ if __name__ == "__main__":
             raise SystemExit(f"{checkpoint_path} was trained with optimizer '{saved_optimizer}', not "
                              f"'{run_optimizer}'; resume with --optimizer={saved_optimizer} or fine-tune again from the "
                              f"pretrained run")
-        for opt, state in zip(optimizers, checkpoint["optimizer_states"]):
-            opt.load_state_dict(state)
+        try:
+            load_optimizer_states(optimizers, checkpoint["optimizer_states"])
+        except ValueError:  # other parameter groups: saved by an older finetune.py
+            raise SystemExit(f"{checkpoint_path}'s optimizer state does not fit this finetune.py's parameter groups (an "
+                             f"older version saved it); fine-tune again from the pretrained run")
         iter_num, best_val_loss = checkpoint["iter_num"], checkpoint["best_val_loss"]
         torch.set_rng_state(checkpoint["rng"]["torch"].cpu())
         if checkpoint["rng"]["cuda"] and device_type == "cuda":

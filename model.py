@@ -447,6 +447,16 @@ def load_checkpoint(path, map_location="cpu"):
                          f"checkpoint saved by this code") from None
 
 
+def load_optimizer_states(optimizers, states):
+    """Each optimizer's state (its moments) from a checkpoint's list of state_dicts, while every group keeps the
+    settings this run gave it (peak learning rates, decays), so a setting changed on resume takes effect. Raises
+    ValueError if the parameter groups do not match."""
+    for opt, state in zip(optimizers, states):
+        settings = [{k: v for k, v in group.items() if k != "params"} for group in opt.param_groups]
+        opt.load_state_dict(state)
+        for group, setting in zip(opt.param_groups, settings):
+            group.update(setting)
+
 def pick_device(name="auto"):
     """'auto' picks cuda, then mps (Apple GPUs), then cpu. A name given is checked here, so that asking for a GPU
     the machine lacks is one clear ValueError instead of a failure deep inside torch."""

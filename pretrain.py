@@ -32,8 +32,8 @@ from tqdm import tqdm
 
 from bpe import Tokenizer
 from configurator import configure
-from model import (GPT, GPTConfig, keep_freed_memory, load_checkpoint, measure_peak_flops, pick_device, pick_dtype,
-                   pick_optimizer, save_checkpoint)
+from model import (GPT, GPTConfig, keep_freed_memory, load_checkpoint, load_optimizer_states, measure_peak_flops,
+                   pick_device, pick_dtype, pick_optimizer, save_checkpoint)
 
 # -----------------------------------------------------------------------------
 # settings: override with config files (config/*.py, config.json) and --name=value
@@ -448,11 +448,11 @@ if __name__ == "__main__":
             raise SystemExit(f"{checkpoint_path} was trained with another tokenizer than the one for {data_path} "
                              f"(vocab_size={vocab_size}); resume with the same data and vocab_size")
         model.load_state_dict(checkpoint["model"])
-        for opt, state in zip(optimizers, checkpoint["optimizer_states"]):
-            peaks = [group["peak_lr"] for group in opt.param_groups]  # the settings' peaks, not the checkpoint's
-            opt.load_state_dict(state)
-            for group, peak in zip(opt.param_groups, peaks):
-                group["peak_lr"] = peak
+        try:
+            load_optimizer_states(optimizers, checkpoint["optimizer_states"])
+        except ValueError:  # other parameter groups: saved by an older pretrain.py
+            raise SystemExit(f"{checkpoint_path}'s optimizer state does not fit this pretrain.py's parameter groups (an "
+                             f"older version saved it); start again with init_from='scratch'")
         iter_num, best_val_loss = checkpoint["iter_num"], checkpoint["best_val_loss"]
         rank_rngs = checkpoint.get("rank_rngs") or []
         rng = rank_rngs[rank] if len(rank_rngs) == world_size > 1 else checkpoint["rng"]

@@ -1591,6 +1591,38 @@ def test_pretrain_refuses_to_resume_a_fine_tuning_checkpoint(tiny_run, tmp_path)
     assert "Traceback" not in result.stderr
 
 
+def test_pretrain_refuses_in_one_sentence_an_optimizer_state_with_other_parameter_groups(tiny_run, tmp_path):
+    """As an older pretrain.py, with a group fewer, saved it."""
+    run_dir, corpus = tiny_run
+    out_dir = tmp_path / "out"
+    shutil.copytree(run_dir / "out", out_dir)
+    checkpoint = load_checkpoint(out_dir / "ckpt.pt")
+    checkpoint["optimizer_states"][-1]["param_groups"].pop()
+    save_checkpoint(checkpoint, out_dir / "ckpt.pt")
+    result = run_script("pretrain.py", tiny_args(run_dir, corpus, out_dir=out_dir, init_from="resume", dropout=0.1),
+                        check=False)
+    assert result.returncode != 0 and "optimizer state does not fit this pretrain.py's parameter groups" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_pretrain_resume_takes_the_weight_decay_given_on_its_command_line(tiny_run, tmp_path):
+    run_dir, corpus = tiny_run
+    for decay in ("same", "other"):
+        shutil.copytree(run_dir / "out", tmp_path / decay)
+    saved = load_checkpoint(run_dir / "out" / "ckpt.pt")
+    more = saved["iter_num"] + 5
+    run_script("pretrain.py", tiny_args(run_dir, corpus, out_dir=tmp_path / "same", init_from="resume", dropout=0.1,
+                                        max_iters=more))
+    run_script("pretrain.py", tiny_args(run_dir, corpus, out_dir=tmp_path / "other", init_from="resume", dropout=0.1,
+                                        max_iters=more, weight_decay=0.9, muon_embedding_decay=9.0))
+    same, other = (load_checkpoint(tmp_path / decay / "ckpt.pt") for decay in ("same", "other"))
+
+    def decays(checkpoint):
+        return {group["weight_decay"] for state in checkpoint["optimizer_states"] for group in state["param_groups"]}
+    assert decays(other) & {0.9, 9.0} and not decays(same) & {0.9, 9.0}
+    assert any(not torch.equal(same["model"][k], other["model"][k]) for k in same["model"])
+
+
 @pytest.mark.parametrize("override, message", [
     ("--eval_interval=0", "eval_interval must be at least 1, not 0"),
     ("--val_fraction=0", "val_fraction must be between 0 and 1, not 0.0"),
@@ -2255,6 +2287,19 @@ def test_finetune_every_training_setting_changes_the_trained_weights(tmp_path, f
             assert changed != (name == "control"), f"{run} {name}: {'changed' if changed else 'no effect'}"
 
 
+def test_finetune_dpo_sft_term_learns_only_answers_rated_at_least_min_rating(tmp_path, ft_tokenizer):
+    """Every pair here prefers a 3-rated answer to a 1-rated one: at min_rating=4 the SFT term has nothing to learn
+    and leaves the weights exactly as they are without it; at min_rating=3 it learns the 3-rated answers."""
+    pretrained_run(tmp_path / "out", ft_tokenizer)
+    write_csv(tmp_path / "d.csv", [row for row in ft_rows() if row[2] < 5])
+    runs = {"no-sft": {"dpo_sft": 0.0}, "sft-4": {"dpo_sft": 1.0, "min_rating": 4}, "sft-3": {"dpo_sft": 1.0, "min_rating": 3}}
+    run_script_many_times("finetune.py", [ft_args(tmp_path, name, rating_mode="dpo", max_iters=4, eval_interval=4,
+                                                  **settings) for name, settings in runs.items()])
+    weights = {name: load_checkpoint(tmp_path / name / "ckpt.pt")["model"] for name in runs}
+    assert all(torch.equal(weights["sft-4"][k], weights["no-sft"][k]) for k in weights["no-sft"])
+    assert any(not torch.equal(weights["sft-3"][k], weights["no-sft"][k]) for k in weights["no-sft"])
+
+
 def test_finetune_script_condition_mode_template_and_clean_errors(tmp_path, ft_tokenizer):
     pretrained_run(tmp_path / "out", ft_tokenizer)
     write_csv(tmp_path / "d.csv", ft_rows())
@@ -2274,13 +2319,15 @@ FT_MODES = ["weight", "filter", "condition", "kto", "dpo"]
 
 @pytest.fixture(scope="module")
 def ft_modes(tmp_path_factory, ft_tokenizer):
-    """Twenty steps of finetune.py in every rating_mode from one pretrained run, half the prompts held out; condition
-    mode without its ranking term, as a control; filter mode with Muon; and sixty faster steps of condition mode, after which the rating
-    token changes what the model writes. Each log.csv starts with the pretrained model's scores."""
+    """Twenty steps of finetune.py in every rating_mode (dpo with the paper's loss alone) from one pretrained run, half
+    the prompts held out; condition mode without its ranking term, as a control; filter mode with Muon; and sixty
+    faster steps of condition mode, after which the rating token changes what the model writes. Each log.csv starts
+    with the pretrained model's scores."""
     tmp_path = tmp_path_factory.mktemp("ft_modes")
     pretrained_run(tmp_path / "out", ft_tokenizer)
     write_csv(tmp_path / "d.csv", ft_rows())
     runs = {mode: {"rating_mode": mode} for mode in FT_MODES}
+    runs["dpo"]["dpo_sft"] = 0.0  # the paper's loss alone, so that its direction is what the tests below see
     runs["condition-unranked"] = {"rating_mode": "condition", "condition_rank": 0}
     runs["filter-muon"] = {"rating_mode": "filter", "optimizer": "muon", "muon_lr": 3e-3}
     runs = {name: {"max_iters": 20, "eval_interval": 20, "learning_rate": 3e-3, **settings}
