@@ -784,8 +784,8 @@ if __name__ == "__main__":
         try:
             load_optimizer_states(optimizers, checkpoint["optimizer_states"])
         except ValueError:  # other parameter groups: saved by an older finetune.py
-            raise SystemExit(f"{checkpoint_path}'s optimizer state does not fit this finetune.py's parameter groups (an "
-                             f"older version saved it); fine-tune again from the pretrained run")
+            raise SystemExit(f"{checkpoint_path}'s optimizer state does not fit this finetune.py's parameter groups "
+                             f"(an older version saved it); fine-tune again from the pretrained run")
         iter_num, best_val_loss = checkpoint["iter_num"], checkpoint["best_val_loss"]
         torch.set_rng_state(checkpoint["rng"]["torch"].cpu())
         if checkpoint["rng"]["cuda"] and device_type == "cuda":

@@ -457,6 +457,7 @@ def load_optimizer_states(optimizers, states):
         for group, setting in zip(opt.param_groups, settings):
             group.update(setting)
 
+
 def pick_device(name="auto"):
     """'auto' picks cuda, then mps (Apple GPUs), then cpu. A name given is checked here, so that asking for a GPU
     the machine lacks is one clear ValueError instead of a failure deep inside torch."""

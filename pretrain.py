@@ -451,8 +451,8 @@ if __name__ == "__main__":
         try:
             load_optimizer_states(optimizers, checkpoint["optimizer_states"])
         except ValueError:  # other parameter groups: saved by an older pretrain.py
-            raise SystemExit(f"{checkpoint_path}'s optimizer state does not fit this pretrain.py's parameter groups (an "
-                             f"older version saved it); start again with init_from='scratch'")
+            raise SystemExit(f"{checkpoint_path}'s optimizer state does not fit this pretrain.py's parameter groups "
+                             f"(an older version saved it); start again with init_from='scratch'")
         iter_num, best_val_loss = checkpoint["iter_num"], checkpoint["best_val_loss"]
         rank_rngs = checkpoint.get("rank_rngs") or []
         rng = rank_rngs[rank] if len(rank_rngs) == world_size > 1 else checkpoint["rng"]

@@ -1601,7 +1601,8 @@ def test_pretrain_refuses_in_one_sentence_an_optimizer_state_with_other_paramete
     save_checkpoint(checkpoint, out_dir / "ckpt.pt")
     result = run_script("pretrain.py", tiny_args(run_dir, corpus, out_dir=out_dir, init_from="resume", dropout=0.1),
                         check=False)
-    assert result.returncode != 0 and "optimizer state does not fit this pretrain.py's parameter groups" in result.stderr
+    assert result.returncode != 0
+    assert "optimizer state does not fit this pretrain.py's parameter groups" in result.stderr
     assert "Traceback" not in result.stderr
 
 
@@ -2224,6 +2225,19 @@ def test_finetune_resume_refuses_settings_or_data_that_would_change_the_held_out
     assert result.returncode != 0 and "d.csv has changed since" in result.stderr and "Traceback" not in result.stderr
 
 
+def test_finetune_refuses_in_one_sentence_an_optimizer_state_with_other_parameter_groups(tmp_path, ft_tokenizer):
+    pretrained_run(tmp_path / "out", ft_tokenizer)
+    write_csv(tmp_path / "d.csv", ft_rows())
+    run_finetune(ft_args(tmp_path, "a", max_iters=4))
+    checkpoint = load_checkpoint(tmp_path / "a" / "ckpt.pt")
+    checkpoint["optimizer_states"][-1]["param_groups"].pop()
+    save_checkpoint(checkpoint, tmp_path / "a" / "ckpt.pt")
+    result = run_finetune(ft_args(tmp_path, "a", init_from="resume"), check=False)
+    assert result.returncode != 0
+    assert "optimizer state does not fit this finetune.py's parameter groups" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_finetune_ctrl_c_saves_exits_cleanly_and_the_resume_misses_no_evaluation(tmp_path, ft_tokenizer):
     pretrained_run(tmp_path / "out", ft_tokenizer)
     write_csv(tmp_path / "d.csv", ft_rows())
@@ -2292,7 +2306,8 @@ def test_finetune_dpo_sft_term_learns_only_answers_rated_at_least_min_rating(tmp
     and leaves the weights exactly as they are without it; at min_rating=3 it learns the 3-rated answers."""
     pretrained_run(tmp_path / "out", ft_tokenizer)
     write_csv(tmp_path / "d.csv", [row for row in ft_rows() if row[2] < 5])
-    runs = {"no-sft": {"dpo_sft": 0.0}, "sft-4": {"dpo_sft": 1.0, "min_rating": 4}, "sft-3": {"dpo_sft": 1.0, "min_rating": 3}}
+    runs = {"no-sft": {"dpo_sft": 0.0}, "sft-4": {"dpo_sft": 1.0, "min_rating": 4},
+            "sft-3": {"dpo_sft": 1.0, "min_rating": 3}}
     run_script_many_times("finetune.py", [ft_args(tmp_path, name, rating_mode="dpo", max_iters=4, eval_interval=4,
                                                   **settings) for name, settings in runs.items()])
     weights = {name: load_checkpoint(tmp_path / name / "ckpt.pt")["model"] for name in runs}
