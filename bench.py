@@ -224,9 +224,12 @@ def split_bytes(out_dir, cache_dir):
         tokenizer_sha = hashlib.sha256(f.read()).hexdigest()
     tokenizer = Tokenizer.load(tokenizer_path)
     names = os.listdir(cache_dir)
-    return tuple(tokenizer.decode_bytes(np.fromfile(os.path.join(cache_dir, name), dtype=name.rsplit(".", 1)[1]).tolist())
-                 for split in ("train", "val")
-                 for name in [next(n for n in names if f"-{tokenizer_sha[:12]}-{split}." in n)])
+    splits = []
+    for split in ("train", "val"):
+        name = next(n for n in names if f"-{tokenizer_sha[:12]}-{split}." in n and ".tmp" not in n)
+        ids = np.fromfile(os.path.join(cache_dir, name), dtype=name.rsplit(".", 1)[1])  # .uint16 or .uint32
+        splits.append(tokenizer.decode_bytes(ids.tolist()))
+    return tuple(splits)
 
 
 def xz_bits_per_byte(train, val):
