@@ -18,7 +18,7 @@ bench.py: speed, memory and quality measurements, one section per command-line a
                                                            # carry settings: condition:condition_contrast=0
 
 Times are medians of repeated runs; MB means 10^6 bytes of UTF-8 text. Like pretrain.py on CPU, this process
-keeps freed memory (model.keep_freed_memory); the allocator section compares pretrain.py with and without.
+keeps freed memory (common.keep_freed_memory); the allocator section compares pretrain.py with and without.
 The tokenizer and quality sections read data/tinyshakespeare.txt (download it from TINYSHAKESPEARE_URL below)
 unless --data names another file. NOTES.md holds the figures these sections gave.
 """
@@ -38,7 +38,8 @@ from contextlib import nullcontext
 import torch
 import torch.nn.functional as F
 
-from model import GPT, GPTConfig, keep_freed_memory, measure_peak_flops, pick_dtype, pick_optimizer
+from common import keep_freed_memory, measure_peak_flops, pick_dtype, pick_optimizer
+from model import GPT, GPTConfig
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DATA = os.path.join(HERE, "data", "tinyshakespeare.txt")
@@ -364,7 +365,7 @@ def bench_train(repeats=5):
             dropped += thrown + thrown_peak
         ms, peak = statistics.median(times) * 1e3, statistics.median(peaks)
         tokens_per_sec = batch_size * config["max_seq_len"] / (ms / 1e3)
-        mfu = statistics.median(model.estimate_mfu(batch_size * config["max_seq_len"] / t, p)
+        mfu = statistics.median(model.flops_per_token() * batch_size * config["max_seq_len"] / t / p
                                 for t, p in zip(times, peaks))
         shape = f"{config['n_layers']}/{config['n_heads']}/{config['d_model']}/{config['d_ff']}"
         print(f"| {name:<20} | {shape:<14} | {batch_size:>4} x {config['max_seq_len']:<4} | "
@@ -519,8 +520,8 @@ def bench_bf16(repeats=7):
 # pretrain.py as a user runs it, but with keep_freed_memory replaced by a no-op that leaves glibc's default
 UNKEPT_PRETRAIN = """
 import runpy, sys
-import model
-model.keep_freed_memory = lambda: False
+import common
+common.keep_freed_memory = lambda: False
 sys.argv = ["pretrain.py", *sys.argv[1:]]
 runpy.run_path("pretrain.py", run_name="__main__")
 """
@@ -587,7 +588,8 @@ def bench_sample(new_tokens=500, repeats=3):
 # run in a fresh interpreter so that nothing else this process did counts towards the peak
 MEMORY_SCRIPT = """
 import sys, torch
-from model import GPT, GPTConfig, keep_freed_memory
+from common import keep_freed_memory
+from model import GPT, GPTConfig
 config = GPTConfig(vocab_size=65, d_model=128, n_heads=4, n_layers=4, d_ff=512, max_seq_len=64, dropout=0.0)
 model = GPT(config)
 if sys.argv[1].startswith("train"):

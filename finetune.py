@@ -49,8 +49,9 @@ from tqdm import tqdm
 
 from bpe import Tokenizer
 from configurator import configure
-from model import (GPT, GPTConfig, keep_freed_memory, load_checkpoint, load_optimizer_states, pick_device,
-                   pick_dtype, pick_optimizer, save_checkpoint)
+from common import (keep_freed_memory, load_checkpoint, load_optimizer_states, pick_device, pick_dtype,
+                    pick_optimizer, save_checkpoint)
+from model import GPT, GPTConfig
 
 # -----------------------------------------------------------------------------
 # settings: override with config files (config/*.py, the finetuning section of a config.json) and --name=value

@@ -1,18 +1,15 @@
 """
 A GPT language model, all of it in this one file, meant to be read from top to bottom:
 GPTConfig -> TokenEmbedding -> SinusoidalPositions -> LayerNorm -> CausalSelfAttention -> MLP -> Block ->
-HeadLoss -> GPT, then sampling, checkpoints, the device and dtype to train in, a peak-FLOPs probe, an allocator
-setting for CPU training, and last walk_through: `python model.py` takes a few bytes through every component
-above and prints what each does. It imports only torch and the standard library.
+HeadLoss -> GPT, then sampling one token, and last walk_through: `python model.py` takes a few bytes through
+every component above and prints what each does. It imports only torch and the standard library; what the scripts
+need around the model (device, dtype, checkpoints) is in common.py.
 
 Shapes in comments: B batch, T sequence length, C = d_model, H heads, D = C // H head size, V vocabulary.
 """
 
-import ctypes
 import math
 import operator
-import os
-import time
 from dataclasses import dataclass
 
 import torch
@@ -359,11 +356,6 @@ class GPT(nn.Module):
         c = self.config
         return 6 * self.num_params() + 12 * c.n_layers * c.max_seq_len * c.d_model
 
-    def estimate_mfu(self, tokens_per_sec, peak_flops):
-        """Model FLOPs utilisation: the fraction of peak_flops (FLOP/s, see measure_peak_flops) that training
-        at tokens_per_sec would use."""
-        return self.flops_per_token() * tokens_per_sec / peak_flops
-
     def configure_optimizers(self, optimizer, learning_rate, weight_decay, betas, device_type, muon_lr=0.02,
                              muon_momentum=0.95, muon_embedding_decay=None):
         """The optimizers to step together, as a list. Each param group keeps its own peak learning rate as
@@ -417,121 +409,6 @@ def sample_next_token(logits, temperature=1.0, top_k=None, top_p=None):
         drop = sorted_probs.cumsum(dim=-1) - sorted_probs >= top_p
         probs = probs.scatter(-1, order, sorted_probs.masked_fill(drop, 0.0))
     return torch.multinomial(probs, num_samples=1)
-
-
-def save_checkpoint(checkpoint, path):
-    """torch.save checkpoint to path atomically: write path + '.tmp', flush it to disk, then rename, so a
-    crash while saving leaves the previous checkpoint intact."""
-    model_state = checkpoint.get("model", {}) if isinstance(checkpoint, dict) else {}
-    if any(key.startswith("_orig_mod.") for key in model_state):
-        raise ValueError("the model state_dict comes from a torch.compile wrapper; save model._orig_mod.state_dict().")
-    path = os.fspath(path)  # a str or a pathlib.Path
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp_path = path + ".tmp"
-    with open(tmp_path, "wb") as f:
-        torch.save(checkpoint, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp_path, path)
-
-
-def load_checkpoint(path, map_location="cpu"):
-    """Load a checkpoint saved by save_checkpoint. weights_only=True unpickles only tensors and plain
-    containers, numbers and strings, so a checkpoint from elsewhere cannot run code on load."""
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"no checkpoint at {path}; train one with `python pretrain.py`.")
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # torch reports a cut-off or foreign file in many ways; say which file it was
-        raise ValueError(f"{path} cannot be read as a checkpoint ({type(e).__name__}): it is cut off, or not a "
-                         f"checkpoint saved by this code") from None
-
-
-def load_optimizer_states(optimizers, states):
-    """Each optimizer's state (its moments) from a checkpoint's list of state_dicts, while every group keeps the
-    settings this run gave it (peak learning rates, decays), so a setting changed on resume takes effect. Raises
-    ValueError if the parameter groups do not match."""
-    for opt, state in zip(optimizers, states):
-        settings = [{k: v for k, v in group.items() if k != "params"} for group in opt.param_groups]
-        opt.load_state_dict(state)
-        for group, setting in zip(opt.param_groups, settings):
-            group.update(setting)
-
-
-def pick_device(name="auto"):
-    """'auto' picks cuda, then mps (Apple GPUs), then cpu. A name given is checked here, so that asking for a GPU
-    the machine lacks is one clear ValueError instead of a failure deep inside torch."""
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
-    kind, _, index = name.partition(":")
-    counts = {"cpu": 1, "cuda": torch.cuda.device_count() if torch.cuda.is_available() else 0,
-              "mps": int(torch.backends.mps.is_available())}
-    if kind not in counts or (index and (kind != "cuda" or not index.isdigit())):
-        raise ValueError(f"device '{name}' is not one of auto, cpu, cuda, cuda:N or mps")
-    if counts[kind] <= (int(index) if index else 0):
-        raise ValueError(f"device '{name}' is not available on this machine; use device='auto' or 'cpu'")
-    return name
-
-
-def measure_peak_flops(device="cpu", dtype=torch.float32):
-    """FLOP/s of large square matmuls on device in dtype (median of five, after one to warm up): the ceiling
-    that MFU is measured against. Takes well under a second."""
-    device = torch.device(device)
-    n = 1536 if device.type == "cpu" else 8192
-    g = torch.Generator().manual_seed(0)  # its own generator: measuring must not move the training RNG
-    a, b = (torch.randn(n, n, generator=g).to(device=device, dtype=dtype) for _ in range(2))
-    sync = torch.cuda.synchronize if device.type == "cuda" else torch.mps.synchronize if device.type == "mps" else None
-    times = []
-    for _ in range(6):
-        if sync:
-            sync()
-        t0 = time.perf_counter()
-        a @ b
-        if sync:
-            sync()  # GPU work is asynchronous: wait for it before reading the clock
-        times.append(time.perf_counter() - t0)
-    return 2 * n ** 3 / sorted(times[1:])[2]
-
-
-def pick_dtype(name, device):
-    """'auto' picks bfloat16 where the device multiplies it natively, float32 elsewhere: a CUDA GPU that supports
-    it, or a CPU with AVX512-BF16 or AMX, where bfloat16 matmuls outrun float32's (without them they are slower:
-    NOTES.md, bfloat16 on CPU). Any other name is returned as it is."""
-    if name != "auto":
-        return name
-    kind = torch.device(device).type
-    if kind == "cuda":
-        return "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
-    # torch.cpu asks the processor itself; these helpers are private, hence getattr (a test checks them on Linux)
-    checks = [getattr(torch.cpu, f, lambda: False) for f in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
-    return "bfloat16" if kind == "cpu" and any(check() for check in checks) else "float32"
-
-
-def pick_optimizer(name, device):
-    """'auto' picks 'muon' where the device multiplies bfloat16 natively (torch's Muon orthogonalises in bfloat16,
-    many times slower elsewhere), 'adamw' elsewhere. Any other name is returned as it is."""
-    if name != "auto":
-        return name
-    return "muon" if pick_dtype("auto", device) == "bfloat16" else "adamw"
-
-
-def keep_freed_memory():
-    """Make CPU training faster on 64-bit Linux. Every step frees its activations and allocates the same sizes
-    again; glibc gives large freed blocks back to the kernel, and the next step page-faults them in again, zeroed
-    (NOTES.md, Allocator). Keep them for reuse instead. Returns whether it applied: False, having changed
-    nothing, with another C library or on a 32-bit system."""
-    try:
-        is_glibc = bool(os.confstr("CS_GNU_LIBC_VERSION"))  # only glibc answers this; Windows has no confstr
-        mallopt = getattr(ctypes.CDLL(None), "mallopt", None) if is_glibc else None
-    except (AttributeError, ValueError, OSError):
-        return False
-    if mallopt is None or ctypes.sizeof(ctypes.c_void_p) != 8:
-        return False
-    M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # from glibc's malloc.h
-    # every block comes from the heap, never from mmap (glibc's mmap threshold stops at 32 MiB, below a large
-    # batch's logits), and the heap is not shrunk while less than 1 GiB of it is free; the second alone is worse
-    # than neither (NOTES.md, Allocator), so it only follows the first
-    return bool(mallopt(M_MMAP_MAX, 0) and mallopt(M_TRIM_THRESHOLD, 2**30))
 
 
 def walk_through(config, text):

@@ -32,8 +32,9 @@ from tqdm import tqdm
 
 from bpe import Tokenizer
 from configurator import configure
-from model import (GPT, GPTConfig, keep_freed_memory, load_checkpoint, load_optimizer_states, measure_peak_flops,
-                   pick_device, pick_dtype, pick_optimizer, save_checkpoint)
+from common import (keep_freed_memory, load_checkpoint, load_optimizer_states, measure_peak_flops, pick_device,
+                    pick_dtype, pick_optimizer, save_checkpoint)
+from model import GPT, GPTConfig
 
 # -----------------------------------------------------------------------------
 # settings: override with config files (config/*.py, config.json) and --name=value

@@ -14,7 +14,8 @@ import torch
 
 from bpe import Tokenizer
 from configurator import configure
-from model import GPT, GPTConfig, load_checkpoint, pick_device
+from common import load_checkpoint, pick_device
+from model import GPT, GPTConfig
 
 # -----------------------------------------------------------------------------
 out_dir = "out"  # the run to sample from (pretrain.py's or finetune.py's out_dir)

@@ -30,9 +30,9 @@ import torch.nn.functional as F
 from bpe import SPLIT_PATTERN, Tokenizer, _LAST_CUT, _text_blocks
 from configurator import configure
 import finetune
-from model import (GPT, GPTConfig, HeadLoss, KVCache, LayerNorm, SinusoidalPositions, causal_mask, keep_freed_memory,
-                   load_checkpoint, measure_peak_flops, pick_device, pick_dtype, pick_optimizer, sample_next_token,
-                   save_checkpoint)
+from common import (keep_freed_memory, load_checkpoint, measure_peak_flops, pick_device, pick_dtype, pick_optimizer,
+                    save_checkpoint)
+from model import GPT, GPTConfig, HeadLoss, KVCache, LayerNorm, SinusoidalPositions, causal_mask, sample_next_token
 
 REPO = os.path.dirname(os.path.abspath(__file__))
 NOT_AUTO_DTYPE = "float32" if pick_dtype("auto", "cpu") == "bfloat16" else "bfloat16"  # a dtype that is not the default here
@@ -797,12 +797,14 @@ def test_model_gpt2_init():
     assert torch.all(model.blocks[0].attn.qkv.bias == 0) and torch.all(model.ln_f.weight == 1)
 
 
-def test_model_counts_and_mfu():
+def test_model_counts_parameters_and_flops():
     model = tiny_model()
     n = sum(p.numel() for p in model.parameters())
     assert model.num_params() == n  # the tied matrix counts once
     assert model.flops_per_token() == 6 * n + 12 * 2 * 16 * 32
-    assert math.isclose(model.estimate_mfu(1000.0, model.flops_per_token() * 2000.0), 0.5)
+
+
+def test_common_measures_a_plausible_peak_flops():
     assert measure_peak_flops("cpu") > 1e8
 
 
@@ -858,7 +860,7 @@ def test_keep_freed_memory_keeps_large_freed_blocks_resident():
     # variables that would set them or swap the allocator
     probe = """
 import os, sys
-from model import keep_freed_memory
+from common import keep_freed_memory
 if sys.argv[1] == "keep":
     assert keep_freed_memory()
 statm, page = os.open("/proc/self/statm", os.O_RDONLY), os.sysconf("SC_PAGE_SIZE")
@@ -1331,7 +1333,6 @@ def test_pretrain_muon_momentum_warms_up_linearly_from_085(tmp_path):
 
 
 def test_pretrain_checkpoint_holds_weights_optimizer_config_and_rng(tiny_run):
-    from model import load_checkpoint
     checkpoint = load_checkpoint(tiny_run[0] / "out" / "ckpt.pt", map_location="cpu")
     assert checkpoint["iter_num"] == 30 and checkpoint["kind"] == "pretrain"
     assert checkpoint["model_config"]["d_model"] == 32 and checkpoint["model_config"]["dropout"] == 0.1
