@@ -177,6 +177,20 @@ def copy_tokenizer(tokenizer_path, tokenizer_sha, out_dir):
         os.replace(tokenizer_out + ".tmp", tokenizer_out)
 
 
+def answer_ids(tokenizer, template, prompt, max_seq_len, rating=5):
+    """The ids that ask a fine-tuned model to answer prompt, in the template its checkpoint stores:
+    [<|rating_k|>] (a run fine-tuned with rating_mode='condition') <|prompt|> prompt <|response|>. The prompt is
+    stripped, as fine-tuning stripped every prompt, and cut from the left (its end matters most) to leave room for
+    at least one answer token. Returns (ids, the number of prompt tokens cut)."""
+    special = tokenizer.special_tokens
+    prefix = [special[template["prompt"]]]
+    if template.get("rating_token"):
+        prefix = [special[f"<|rating_{rating}|>"]] + prefix
+    prompt_ids = tokenizer.encode(prompt.strip())
+    cut = max(0, len(prompt_ids) - max(0, max_seq_len - len(prefix) - 2))
+    return prefix + prompt_ids[cut:] + [special[template["response"]]], cut
+
+
 # -----------------------------------------------------------------------------
 # random state, the log, stopping
 
