@@ -10,9 +10,8 @@ Command line: python bpe.py TEXT_FILE --vocab_size=4096 --out=tokenizer.json
 
 Ids 0..255 are the bytes, merge i makes id 256 + i, special tokens come after every merge.
 Text is first cut into chunks by a regex (letters, digits, punctuation, whitespace), and merges never
-cross a chunk boundary. Inside, a token sequence is a str with one character per token (chr(id)),
-so that merging a pair everywhere in a chunk is one str.replace and counting it is one str.count, both
-in C, and both scan left to right without overlap: in "aaaa" the pair "aa" counts 2, as a merge replaces 2.
+cross a chunk boundary. The file starts with BPE in its plainest form, train_reference and
+encode_reference; the Tokenizer after them is the fast version, and gives the same merges and ids.
 """
 
 import array
@@ -44,7 +43,85 @@ SPLIT_PATTERN = "|".join([
     r"\s+",                         # whitespace at the end of the text
 ])
 
-# The same pattern for ASCII text, with \w \d \s and letters spelled out as ASCII classes, which re tests
+
+# -----------------------------------------------------------------------------
+# the reference: BPE in its plainest form, in the spirit of minbpe. It recounts every pair of every chunk
+# for each merge, so it is slow, but it is the definition: the fast Tokenizer further down must give exactly
+# its merges and ids, and test_all.py checks that it does.
+
+
+def count_pairs(ids, counts):
+    """Count the adjacent pairs of ids into counts, (a, b) -> n, each as often as merge_pair would replace it:
+    in [x, x, x, x] the pair (x, x) counts 2, not 3, as the middle one shares an x with the two that merge."""
+    last = None  # the pair counted at the previous position
+    for pair in zip(ids, ids[1:]):
+        if pair == last:  # an (x, x) overlapping the (x, x) just counted: a merge takes only the first
+            last = None
+            continue
+        counts[pair] = counts.get(pair, 0) + 1
+        last = pair
+
+
+def merge_pair(ids, pair, new_id):
+    """ids with each occurrence of pair, scanning left to right, replaced by new_id."""
+    out, i = [], 0
+    while i < len(ids):
+        if i + 1 < len(ids) and ids[i] == pair[0] and ids[i + 1] == pair[1]:
+            out.append(new_id)
+            i += 2
+        else:
+            out.append(ids[i])
+            i += 1
+    return out
+
+
+def _special_splitter(specials):
+    """A regex that splits text at the given special tokens, keeping them (longest first wins)."""
+    return re.compile("(" + "|".join(map(re.escape, sorted(specials, key=len, reverse=True))) + ")")
+
+
+def train_reference(text, vocab_size, special_tokens=(), pattern=SPLIT_PATTERN):
+    """Tokenizer.train(...).merges, the plain way: cut the text into chunks of bytes, then until the vocabulary
+    is full, count the pairs in all chunks and merge the most frequent one everywhere. Returns [(a, b), ...]."""
+    pieces = _special_splitter(special_tokens).split(text)[::2] if special_tokens else [text]  # not the specials
+    chunks = [list(chunk.encode("utf-8")) for piece in pieces for chunk in re.findall(pattern, piece)]
+    merges = []
+    while len(merges) < vocab_size - 256 - len(special_tokens):
+        counts = {}
+        for ids in chunks:
+            count_pairs(ids, counts)
+        if not counts:
+            break  # every chunk is a single token
+        pair = min(counts, key=lambda p: (-counts[p], p))  # the most frequent; ties go to the smallest (a, b)
+        chunks = [merge_pair(ids, pair, 256 + len(merges)) for ids in chunks]
+        merges.append(pair)
+    return merges
+
+
+def encode_chunk_reference(ids, ranks):
+    """BPE on one chunk's ids: merge the pair of lowest rank (the earliest learned) until no pair has a rank.
+    ranks: (a, b) -> r for merge r, which makes id 256 + r."""
+    while len(ids) > 1:
+        pair = min(zip(ids, ids[1:]), key=lambda p: ranks.get(p, float("inf")))
+        if pair not in ranks:
+            break
+        ids = merge_pair(ids, pair, 256 + ranks[pair])
+    return ids
+
+
+def encode_reference(text, merges, pattern=SPLIT_PATTERN):
+    """Tokenizer(merges, pattern=pattern).encode_ordinary(text), the plain way: BPE on each chunk's bytes."""
+    ranks = {pair: r for r, pair in enumerate(merges)}
+    chunks = [list(chunk.encode("utf-8")) for chunk in re.findall(pattern, text)]
+    return [i for ids in chunks for i in encode_chunk_reference(ids, ranks)]
+
+
+# -----------------------------------------------------------------------------
+# the fast tokenizer. Inside, a token sequence is a str with one character per token (chr(id)), so that
+# merging a pair everywhere in a chunk is one str.replace and counting it is one str.count, both in C, and
+# both scan left to right without overlap: in "aaaa" the pair "aa" counts 2, as merge_pair replaces 2.
+
+# SPLIT_PATTERN for ASCII text, with \w \d \s and letters spelled out as ASCII classes, which re tests
 # with a bitmap instead of Unicode lookups (a split almost twice as fast). On ASCII characters Unicode \s is
 # [\t-\r\x1c- ] (\x1c-\x1f are whitespace to Python), and (?:[^\s\w]|_) is what is neither whitespace nor
 # a letter or digit. test_all.py checks that both patterns give the same chunks.
@@ -131,11 +208,6 @@ def _chunks(split, text):
         raise ValueError(f"the split pattern matches only {sum(map(len, chunks))} of the {len(text)} characters of "
                          f"the text; it must match every character (ending it with |[\\s\\S] would)")
     return chunks
-
-
-def _special_splitter(specials):
-    """A regex that splits text at the given special tokens, keeping them (longest first wins)."""
-    return re.compile("(" + "|".join(map(re.escape, sorted(specials, key=len, reverse=True))) + ")")
 
 
 def _unique(special_tokens):
