@@ -46,8 +46,8 @@ def pick_dtype(name, device):
     if name != "auto":
         return name
     kind = torch.device(device).type
-    if kind == "cuda":
-        return "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
+    if kind == "cuda":  # without including_emulation=False a V100 or T4, which only emulates it, would count
+        return "bfloat16" if torch.cuda.is_bf16_supported(including_emulation=False) else "float32"
     # torch.cpu asks the processor itself; these helpers are private, hence getattr (a test checks them on Linux)
     checks = [getattr(torch.cpu, f, lambda: False) for f in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
     return "bfloat16" if kind == "cpu" and any(check() for check in checks) else "float32"
@@ -85,9 +85,27 @@ def keep_freed_memory():
     return bool(mallopt(M_MMAP_MAX, 0) and mallopt(M_TRIM_THRESHOLD, 2**30))
 
 
+# dense bfloat16 tensor-core FLOP/s from the makers' data sheets, by a word of torch.cuda.get_device_name();
+# MFU divides by these where known, as nanoGPT does with the A100's 312e12, so that figures compare across projects
+PUBLISHED_BF16_PEAKS = [("H200", 989e12), ("H100 PCIe", 756e12), ("H100 NVL", 835e12), ("H100", 989e12),
+                        ("A100", 312e12)]
+
+
+def peak_flops(device, dtype):
+    """(FLOP/s, where it comes from) that MFU is measured against: a CUDA GPU's published bfloat16 peak where
+    PUBLISHED_BF16_PEAKS knows it and the run is in bfloat16, else a matmul timed here (measure_peak_flops)."""
+    if torch.device(device).type == "cuda" and dtype == torch.bfloat16:
+        name = torch.cuda.get_device_name(device)
+        for word, flops in PUBLISHED_BF16_PEAKS:
+            if word in name:
+                return flops, f"the published bfloat16 peak of the {word}"
+    return measure_peak_flops(device, dtype), "a matmul timed on this device"
+
+
 def measure_peak_flops(device="cpu", dtype=torch.float32):
     """FLOP/s of large square matmuls on device in dtype (median of five, after one to warm up): the ceiling
-    that MFU is measured against. Takes well under a second."""
+    that MFU is measured against where no published peak is known. Takes well under a second; on a GPU, switch
+    TF32 on before, as training does."""
     device = torch.device(device)
     n = 1536 if device.type == "cpu" else 8192
     g = torch.Generator().manual_seed(0)  # its own generator: measuring must not move the training RNG

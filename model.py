@@ -212,7 +212,9 @@ class HeadLoss(torch.autograd.Function):
     results (NOTES.md, Training speed). Use it through GPT.forward."""
 
     @staticmethod
-    def forward(ctx, x, weight, targets):  # x (N, C), weight (V, C), targets (N,) with -1 ignored -> mean loss
+    def forward(ctx, x, weight, targets, grad_enabled):  # x (N, C), weight (V, C), targets (N,), -1 ignored -> mean
+        # grad_enabled: torch.is_grad_enabled() at the call. Inside forward() grad mode is always off, and
+        # ctx.needs_input_grad says only whether the inputs require grad, true under torch.no_grad() too
         device_type = x.device.type
         dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else x.dtype
         with torch.autocast(device_type, enabled=False):  # the dtypes here are set by hand
@@ -225,7 +227,7 @@ class HeadLoss(torch.autograd.Function):
             total = torch.zeros((), dtype=upcast, device=x.device)
             # on CPU about 1 MiB of float32 logits at a time, which stays in cache; a GPU takes all rows at once
             rows = max(1, 2**18 // weight.size(0)) if device_type == "cpu" else len(targets)
-            needs_grad = any(ctx.needs_input_grad)
+            needs_grad = grad_enabled and any(ctx.needs_input_grad)
             for i in range(0, len(targets), rows):
                 logprobs = F.log_softmax(logits[i:i + rows].to(upcast), dim=-1)
                 total -= (logprobs.gather(1, index[i:i + rows]).squeeze(1) * counted[i:i + rows]).sum()
@@ -239,7 +241,7 @@ class HeadLoss(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_loss):
         grad_x, grad_weight = ctx.saved_tensors
-        return grad_x * grad_loss, grad_weight * grad_loss, None
+        return grad_x * grad_loss, grad_weight * grad_loss, None, None
 
 
 class GPT(nn.Module):
@@ -288,7 +290,7 @@ class GPT(nn.Module):
         x = self.hidden_states(idx, cache)
         if targets is None:
             return self.lm_head(x), None
-        return None, HeadLoss.apply(x.flatten(0, 1), self.lm_head.weight, targets.reshape(-1))
+        return None, HeadLoss.apply(x.flatten(0, 1), self.lm_head.weight, targets.reshape(-1), torch.is_grad_enabled())
 
     def generate_stream(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, stop_token=None,
                         use_cache=True):
