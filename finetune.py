@@ -22,23 +22,15 @@ Prompts are split into training and validation; every evaluation logs the respon
 and the preference score (overall and per pair of ratings) to out_dir/log.csv, and in kto and dpo modes
 the reward margin of the training batches since the last evaluation. With --answer_checks=True the model
 then answers each held-out prompt that has checks (checks_path) greedily, and each answer is run against
-its prompt's checks in a sandboxed child process: parse rate and pass rate are printed and every answer
-is written to out_dir/answers.csv. Run with --help to list every setting.
+its prompt's checks in sandbox.py's limited child process: parse rate and pass rate are printed and every
+answer is written to out_dir/answers.csv. Run with --help to list every setting.
 """
-import ast
 import copy
-import csv
 import dataclasses
-import hashlib
 import json
 import math
 import os
 import random
-import shutil
-import signal
-import subprocess
-import sys
-import tempfile
 import time
 from contextlib import nullcontext
 
@@ -49,9 +41,12 @@ from tqdm import tqdm
 
 from bpe import Tokenizer
 from configurator import configure
-from common import (keep_freed_memory, load_checkpoint, load_optimizer_states, pick_device, pick_dtype,
-                    pick_optimizer, save_checkpoint)
+from common import (END, PROMPT, RESPONSE, answer_ids, append_log, autocast_for, checked_tokenizer_path,
+                    copy_tokenizer, file_sha256, keep_freed_memory, load_checkpoint, load_optimizer_states,
+                    non_finite_stop, pick_device, pick_dtype, pick_optimizer, restore_rng_state, rng_state,
+                    save_checkpoint, stop_on_ctrl_c)
 from model import GPT, GPTConfig
+from sandbox import defines_function, run_checks
 
 # -----------------------------------------------------------------------------
 # settings: override with config files (config/*.py, the finetuning section of a config.json) and --name=value
@@ -81,7 +76,7 @@ val_fraction = 0.2  # of the prompts (with all their responses) held out
 batch_size = 16
 # 'adamw': AdamW for every weight; 'muon': torch.optim.Muon for the matrices inside the blocks and AdamW for the rest,
 # as in pretrain.py (measured better for fine-tuning too: NOTES.md, Fine-tuning); 'auto': muon where bfloat16 is
-# native, else adamw (model.py, pick_optimizer)
+# native, else adamw (common.py, pick_optimizer)
 optimizer = "auto"
 learning_rate = 3e-4  # AdamW's peak
 muon_lr = 3e-4  # Muon's peak (optimizer='muon')
@@ -93,7 +88,7 @@ beta1 = 0.9
 beta2 = 0.99
 grad_clip = 1.0  # 0 turns clipping off
 dropout = 0.0  # replaces the pretrained run's dropout
-# judging what the model writes (runs model-written code, in a sandboxed child process; off unless asked for)
+# judging what the model writes (runs model-written code in sandbox.py's child process; off unless asked for)
 answer_checks = False  # True: after training, answer each held-out prompt that has checks and run its checks
 checks_path = "data/fine_tune_checks.json"  # {prompt: [Python expression a correct answer makes true, ...]}
 answer_tokens = 160  # the most tokens of one greedy answer
@@ -105,46 +100,13 @@ dtype = "auto"  # 'bfloat16' (autocast) where the device multiplies it natively,
 compile = False  # torch.compile the model (batches are then padded to max_seq_len to keep one shape)
 seed = 1337
 # -----------------------------------------------------------------------------
-RATING_MODES = ("weight", "filter", "condition", "kto", "dpo")
 REFERENCE_MODES = ("kto", "dpo")  # the modes that train against a frozen copy of the pretrained model
 REWARD_COLUMNS = ("reward_margin", "reward_accuracy", "chosen_logprob")  # log.csv, reference modes only
-PROMPT, RESPONSE, END = "<|prompt|>", "<|response|>", "<|endoftext|>"
 COLUMNS = ("prompt", "response", "rating")
 HEAD_ELEMENTS = 1 << 22  # logits scored at once: 16 MiB in float32
 
-
-def rating_token(rating):
-    return f"<|rating_{rating}|>"
-
-
-def file_sha256(path):
-    with open(path, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()
-
-
-def resolve_init(init_from, out_dir):
-    """Return the pretrained checkpoint's path, refusing an out_dir that would overwrite it."""
-    path = os.path.join(init_from, "ckpt.pt") if os.path.isdir(init_from) else init_from
-    if not os.path.isfile(path):
-        raise SystemExit(f"no pretrained checkpoint at {path}; run `python pretrain.py config/small.py` first "
-                         f"or point init_from at a run's out_dir")
-    if os.path.realpath(out_dir) == os.path.realpath(os.path.dirname(path)):
-        raise SystemExit(f"out_dir={out_dir} is the directory of the pretrained checkpoint {path}, which "
-                         f"fine-tuning must not overwrite; choose another out_dir")
-    return path
-
-
-def check_tokenizer(checkpoint, checkpoint_path):
-    """Return the path of the tokenizer a checkpoint was trained with, refusing a missing or different file."""
-    tokenizer_path = os.path.join(os.path.dirname(checkpoint_path), checkpoint["tokenizer_path"])
-    if not os.path.isfile(tokenizer_path):
-        raise SystemExit(f"{checkpoint_path} needs its tokenizer {tokenizer_path}, which is missing; restore it "
-                         f"or pretrain again")
-    if file_sha256(tokenizer_path) != checkpoint["tokenizer_sha256"]:
-        raise SystemExit(f"{tokenizer_path} is not the tokenizer {checkpoint_path} was trained with (its sha256 "
-                         f"differs); restore the original file or pretrain again")
-    return tokenizer_path
-
+# -----------------------------------------------------------------------------
+# the rated rows: read, cleaned, split by prompt
 
 def read_rows(path):
     """Read the CSV with pandas into a DataFrame of stripped strings with the columns prompt, response, rating."""
@@ -213,16 +175,23 @@ def split_by_prompt(df, val_fraction, seed, path="the data"):
     return df[~is_val].reset_index(drop=True), df[is_val].reset_index(drop=True)
 
 
-def training_rows(df, rating_mode, min_rating):
-    """The rows rating_mode learns from, with columns weight (loss scale) and desirable (kto)."""
-    df = df.copy()
-    if rating_mode == "filter":
-        df = df[df["rating"] >= min_rating]
-    elif rating_mode == "kto":
-        df = df[df["rating"] != 3]  # a middling rating says neither 'more of this' nor 'less of this'
-    df["weight"] = df["rating"] / 5 if rating_mode == "weight" else 1.0
-    df["desirable"] = df["rating"] >= 4
-    return df.reset_index(drop=True)
+def resolve_init(init_from, out_dir):
+    """Return the pretrained checkpoint's path, refusing an out_dir that would overwrite it."""
+    path = os.path.join(init_from, "ckpt.pt") if os.path.isdir(init_from) else init_from
+    if not os.path.isfile(path):
+        raise SystemExit(f"no pretrained checkpoint at {path}; run `python pretrain.py config/small.py` first "
+                         f"or point init_from at a run's out_dir")
+    if os.path.realpath(out_dir) == os.path.realpath(os.path.dirname(path)):
+        raise SystemExit(f"out_dir={out_dir} is the directory of the pretrained checkpoint {path}, which "
+                         f"fine-tuning must not overwrite; choose another out_dir")
+    return path
+
+
+# -----------------------------------------------------------------------------
+# examples: the rows as token ids, and the model's log-probability of their responses
+
+def rating_token(rating):
+    return f"<|rating_{rating}|>"
 
 
 @dataclasses.dataclass
@@ -276,14 +245,9 @@ def prepare(tokenizer, df, rating_mode, max_seq_len):
     return examples, n_cut, n_long
 
 
-def preference_pairs(examples):
-    """dpo's (chosen, rejected) pairs: within each prompt, every answer with every lower-rated one (equal ratings
-    make no pair). Returns (pairs, the number of prompts that have none)."""
-    by_prompt = {}
-    for e in examples:
-        by_prompt.setdefault(e.prompt, []).append(e)
-    pairs = [(a, b) for answers in by_prompt.values() for a in answers for b in answers if a.rating > b.rating]
-    return pairs, sum(len({e.rating for e in answers}) < 2 for answers in by_prompt.values())
+def inputs_and_targets(examples, max_seq_len, prefix=None):
+    """The (x, y) lists of each example (join), with prefix in place of the examples' own where given."""
+    return [join(prefix or e.prefix, e.prompt_ids, e.reply, max_seq_len)[:2] for e in examples]
 
 
 def collate(pairs, pad_id, device, pad_to=None):
@@ -307,10 +271,43 @@ def sequence_logprobs(model, x, y):
     return torch.zeros(len(y), device=y.device).index_add(0, rows, logprobs), has_target.sum(dim=1)
 
 
+def batch_logprobs(net, pairs, run):
+    """sequence_logprobs of (x, y) pairs padded into one batch (run: pad_id, device, pad_to, autocast)."""
+    x, y = collate(pairs, run["pad_id"], run["device"], run["pad_to"])
+    with run["autocast"]:
+        return sequence_logprobs(net, x, y)
+
+
+# -----------------------------------------------------------------------------
+# the rating modes, one block each: the training rows it learns, what its batches are drawn from, and its loss of
+# a batch, batch_loss(model, reference, batch, it, run) -> (loss, {name: number worth logging}), where run holds
+# what a loss needs from the set-up: max_seq_len, pad_id, device, pad_to, autocast, special (token ids), rows_by_prompt
+
+# ---- weight: every row, its loss scaled by rating/5 (the original project's behaviour)
+
+def weight_rows(df, min_rating):
+    return df.assign(weight=df["rating"] / 5)
+
+
 def weighted_loss(logprobs, n_tokens, weights):
     """Mean loss per response token, each row's tokens scaled by its weight (1, or rating/5 in weight mode)."""
     return -(weights * logprobs).sum() / n_tokens.sum().clamp(min=1)
 
+
+def weight_batch_loss(model, reference, batch, it, run):
+    """weight's and filter's loss: weighted_loss of the rows' responses. Logs nothing."""
+    logprobs, n_tokens = batch_logprobs(model, inputs_and_targets(batch, run["max_seq_len"]), run)
+    weights = torch.tensor([e.weight for e in batch], device=run["device"])
+    return weighted_loss(logprobs, n_tokens, weights), {}
+
+
+# ---- filter: the rows rated at least min_rating, each at weight 1
+
+def filter_rows(df, min_rating):
+    return df[df["rating"] >= min_rating]
+
+
+# ---- condition: every row under its own rating token, told apart from a contrasting rating and ranked
 
 def contrast_rating(rating):
     """The rating token a row is also read under in condition mode: the top one, or for a top-rated row the bottom."""
@@ -346,6 +343,41 @@ def rank_loss(logprobs, n_tokens, rival_logprobs, rival_n_tokens, higher, beta):
     return F.softplus(-beta * torch.where(higher, gap, -gap)).mean()
 
 
+def condition_batch_loss(model, reference, batch, it, run):
+    """The mean loss per token of the rows under their own rating tokens, plus condition_contrast times the contrast
+    term and condition_rank times the ranking term (logged as contrast and rank), all in one forward pass."""
+    B, special, max_seq_len = len(batch), run["special"], run["max_seq_len"]
+    pairs = inputs_and_targets(batch, max_seq_len)
+    contrast, rank = condition_contrast > 0, condition_rank > 0
+    if contrast or rank:  # the same rows with their contrasting rating token first
+        pairs += [([special[rating_token(contrast_rating(e.rating))], *x[1:]], y) for e, (x, y) in zip(batch, pairs)]
+    if rank:  # and a rival answer to each row's prompt under <|rating_5|>, where it has one
+        rival = rivals(batch, run["rows_by_prompt"], seed, it)
+        ranked = [k for k in range(B) if rival[k] is not None]
+        top = [special[rating_token(5)], special[PROMPT]]
+        pairs += inputs_and_targets([rival[k] for k in ranked], max_seq_len, top)
+    logprobs, n_tokens = batch_logprobs(model, pairs, run)
+    weights = torch.tensor([e.weight for e in batch], device=run["device"])
+    loss, logged = weighted_loss(logprobs[:B], n_tokens[:B], weights), {}
+    if contrast:
+        contrast_term = contrast_loss(logprobs[:B], logprobs[B:2 * B], n_tokens[:B], condition_beta)
+        loss, logged["contrast"] = loss + condition_contrast * contrast_term, contrast_term.item()
+    if rank and ranked:  # a 5-rated row's own reading is under <|rating_5|>, any other's contrasting one is
+        top = torch.tensor([k if batch[k].rating == 5 else B + k for k in ranked], device=run["device"])
+        higher = torch.tensor([batch[k].rating > rival[k].rating for k in ranked], device=run["device"])
+        rank_term = rank_loss(logprobs[top], n_tokens[top], logprobs[2 * B:], n_tokens[2 * B:], higher,
+                              condition_beta)
+        loss, logged["rank"] = loss + condition_rank * rank_term, rank_term.item()
+    return loss, logged
+
+
+# ---- kto: rows rated 4-5 desirable, 1-2 undesirable, against the frozen pretrained model
+
+def kto_rows(df, min_rating):
+    df = df[df["rating"] != 3]  # a middling rating says neither 'more of this' nor 'less of this'
+    return df.assign(desirable=df["rating"] >= 4)
+
+
 def kto_loss(logprobs, ref_logprobs, kl_logprobs, kl_ref_logprobs, desirable, beta, lambda_d, lambda_u):
     """KTO (Ethayarajh et al. 2024): reward r = log pi(y|x) - log pi_ref(y|x); reference point z0 = KL(pi || pi_ref)
     estimated on mismatched pairs (a prompt with another row's response), clamped at 0 and not differentiated;
@@ -358,6 +390,52 @@ def kto_loss(logprobs, ref_logprobs, kl_logprobs, kl_ref_logprobs, desirable, be
     return (lam - value).mean(), z0
 
 
+def kto_batch_loss(model, reference, batch, it, run):
+    """kto_loss of a batch, each prompt paired with the next row's response to estimate the KL term. Logs z0, and
+    where the batch has rows of both kinds the mean reward of the desirable rows above the undesirable ones
+    (reward_margin) and the desirable rows' log-probability per token (chosen_logprob)."""
+    pairs = inputs_and_targets(batch, run["max_seq_len"])
+    mismatched = [join(a.prefix, a.prompt_ids, b.reply, run["max_seq_len"])[:2]
+                  for a, b in zip(batch, batch[1:] + batch[:1])]
+    logprobs, n_tokens = batch_logprobs(model, pairs, run)
+    with torch.no_grad():  # the frozen reference reads exactly what the model reads
+        ref_logprobs, _ = batch_logprobs(reference, pairs, run)
+        kl_logprobs, _ = batch_logprobs(model, mismatched, run)
+        kl_ref_logprobs, _ = batch_logprobs(reference, mismatched, run)
+    desirable = torch.tensor([e.desirable for e in batch], device=run["device"])
+    loss, z0 = kto_loss(logprobs, ref_logprobs, kl_logprobs, kl_ref_logprobs, desirable, kto_beta,
+                        kto_lambda_desirable, kto_lambda_undesirable)
+    logged = {"z0": z0.item()}
+    if desirable.any() and not desirable.all():
+        reward = (logprobs - ref_logprobs).detach()
+        logged["reward_margin"] = (reward[desirable].mean() - reward[~desirable].mean()).item()
+        logged["chosen_logprob"] = (logprobs[desirable] / n_tokens[desirable].clamp(min=1)).mean().item()
+    return loss, logged
+
+
+# ---- dpo: pairs of differently rated answers to one prompt, against the frozen pretrained model
+
+def preference_pairs(examples):
+    """dpo's (chosen, rejected) pairs: within each prompt, every answer with every lower-rated one (equal ratings
+    make no pair). Returns (pairs, the number of prompts that have none)."""
+    by_prompt = {}
+    for e in examples:
+        by_prompt.setdefault(e.prompt, []).append(e)
+    pairs = [(a, b) for answers in by_prompt.values() for a in answers for b in answers if a.rating > b.rating]
+    return pairs, sum(len({e.rating for e in answers}) < 2 for answers in by_prompt.values())
+
+
+def dpo_pairs(examples):
+    """What dpo's batches are drawn from: preference_pairs, refusing data_path if it has none."""
+    pairs, n_alone = preference_pairs(examples)
+    print(f"dpo: {len(pairs)} pairs of differently rated answers to the same prompt; left out {n_alone} training "
+          f"prompts that have none")
+    if not pairs:
+        raise SystemExit(f"{data_path} has no training prompt with two differently rated answers, so dpo has no "
+                         f"pairs; add rows or choose another rating_mode")
+    return pairs
+
+
 def dpo_loss(chosen_logprobs, rejected_logprobs, ref_chosen_logprobs, ref_rejected_logprobs, beta):
     """DPO (Rafailov et al. 2023): an answer's implicit reward is beta * (log pi(y|x) - log pi_ref(y|x)), each
     log-probability summed over the response and end token; loss = mean over pairs of -log sigmoid(chosen reward -
@@ -366,6 +444,41 @@ def dpo_loss(chosen_logprobs, rejected_logprobs, ref_chosen_logprobs, ref_reject
     rejected = beta * (rejected_logprobs - ref_rejected_logprobs)
     return F.softplus(rejected - chosen).mean(), chosen.detach(), rejected.detach()
 
+
+def dpo_batch_loss(model, reference, batch, it, run):
+    """dpo_loss of a batch of pairs, plus dpo_sft times the mean loss per token of the chosen answers rated at least
+    min_rating. Logs the mean reward margin, how often the chosen answer's reward is the higher (reward_accuracy)
+    and the chosen answers' log-probability per token (chosen_logprob)."""
+    B = len(batch)
+    pairs = inputs_and_targets([c for c, _ in batch] + [r for _, r in batch], run["max_seq_len"])  # chosen first
+    logprobs, n_tokens = batch_logprobs(model, pairs, run)
+    with torch.no_grad():  # the frozen reference reads exactly what the model reads
+        ref_logprobs, _ = batch_logprobs(reference, pairs, run)
+    loss, chosen, rejected = dpo_loss(logprobs[:B], logprobs[B:], ref_logprobs[:B], ref_logprobs[B:], dpo_beta)
+    if dpo_sft > 0:  # imitate the preferred answers filter would learn, not a wrong one preferred to a rude one
+        learned = torch.tensor([float(c.rating >= min_rating) for c, _ in batch], device=run["device"])
+        loss = loss + dpo_sft * weighted_loss(logprobs[:B], n_tokens[:B] * learned, learned)
+    return loss, {"reward_margin": (chosen - rejected).mean().item(),
+                  "reward_accuracy": (chosen > rejected).float().mean().item(),
+                  "chosen_logprob": (logprobs[:B] / n_tokens[:B].clamp(min=1)).mean().item()}
+
+
+# rating_mode: (the training rows it learns, what its batches are drawn from (list: those rows), its loss of a batch)
+RATING_MODES = {"weight": (weight_rows, list, weight_batch_loss),
+                "filter": (filter_rows, list, weight_batch_loss),
+                "condition": (lambda df, min_rating: df, list, condition_batch_loss),
+                "kto": (kto_rows, list, kto_batch_loss),
+                "dpo": (lambda df, min_rating: df, dpo_pairs, dpo_batch_loss)}
+
+
+def training_rows(df, rating_mode, min_rating):
+    """The rows rating_mode learns, with the column weight, their loss scale (1 unless the mode sets it)."""
+    learned_rows, _, _ = RATING_MODES[rating_mode]
+    return learned_rows(df.assign(weight=1.0), min_rating).reset_index(drop=True)
+
+
+# -----------------------------------------------------------------------------
+# evaluation, and the loop's schedule
 
 def preference_score(scored):
     """scored: (prompt, rating, mean log-prob per token) triples. Over prompts with differently rated responses,
@@ -397,7 +510,7 @@ def evaluate(model, examples, max_seq_len, pad_id, device, batch_size, autocast=
     model.eval()
     logprobs, counts = [], []
     for i in range(0, len(examples), batch_size):
-        pairs = [join(prefix or e.prefix, e.prompt_ids, e.reply, max_seq_len)[:2] for e in examples[i:i + batch_size]]
+        pairs = inputs_and_targets(examples[i:i + batch_size], max_seq_len, prefix)
         with autocast:
             lp, n = sequence_logprobs(model, *collate(pairs, pad_id, device, pad_to))
         logprobs += lp.tolist()
@@ -410,6 +523,10 @@ def evaluate(model, examples, max_seq_len, pad_id, device, batch_size, autocast=
     result["pref"], result["pref_by_pair"] = preference_score(
         [(e.prompt, e.rating, lp / n) for e, lp, n in zip(examples, logprobs, counts)])
     return result
+
+
+def fmt(value, digits=4):
+    return "" if value is None else f"{value:.{digits}f}"
 
 
 def batch_indices(it, n_rows, batch_size, seed):
@@ -434,203 +551,14 @@ def lr_scale(it, total_iters):
     return min_lr_ratio + 0.5 * (1.0 + math.cos(math.pi * progress)) * (1.0 - min_lr_ratio)
 
 
-def training_loss(batch):
-    """The loss of one batch under rating_mode (Examples, or in dpo mode (chosen, rejected) pairs of them), and a dict
-    of things worth logging."""
-    B = len(batch)
-    rows = [c for c, _ in batch] + [r for _, r in batch] if rating_mode == "dpo" else batch  # dpo: chosen first
-    pairs = [join(e.prefix, e.prompt_ids, e.reply, max_seq_len)[:2] for e in rows]
-    contrast = rating_mode == "condition" and condition_contrast > 0
-    rank = rating_mode == "condition" and condition_rank > 0
-    if contrast or rank:  # the same rows with their contrasting rating token first, in the same forward pass
-        pairs += [([special[rating_token(contrast_rating(e.rating))], *x[1:]], y) for e, (x, y) in zip(batch, pairs)]
-    if rank:  # and a rival answer to each row's prompt under <|rating_5|>, where it has one
-        rival = rivals(batch, rows_by_prompt, seed, iter_num)
-        ranked = [k for k in range(B) if rival[k] is not None]
-        pairs += [join(sample_prefix, rival[k].prompt_ids, rival[k].reply, max_seq_len)[:2] for k in ranked]
-    x, y = collate(pairs, pad_id, run_device, pad_to)
-    with autocast:
-        logprobs, n_tokens = sequence_logprobs(model, x, y)
-    if rating_mode not in REFERENCE_MODES:
-        weights = torch.tensor([e.weight for e in batch], device=run_device)
-        loss, logged = weighted_loss(logprobs[:B], n_tokens[:B], weights), {}
-        if contrast:
-            contrast_term = contrast_loss(logprobs[:B], logprobs[B:2 * B], n_tokens[:B], condition_beta)
-            loss, logged["contrast"] = loss + condition_contrast * contrast_term, contrast_term.item()
-        if rank and ranked:  # a 5-rated row's own reading is under <|rating_5|>, any other's contrasting one is
-            top = torch.tensor([k if batch[k].rating == 5 else B + k for k in ranked], device=run_device)
-            higher = torch.tensor([batch[k].rating > rival[k].rating for k in ranked], device=run_device)
-            rank_term = rank_loss(logprobs[top], n_tokens[top], logprobs[2 * B:], n_tokens[2 * B:], higher,
-                                  condition_beta)
-            loss, logged["rank"] = loss + condition_rank * rank_term, rank_term.item()
-        return loss, logged
-    with torch.no_grad(), autocast:  # the frozen reference reads exactly what the model reads
-        ref_logprobs, _ = sequence_logprobs(reference, x, y)
-    if rating_mode == "dpo":
-        loss, chosen, rejected = dpo_loss(logprobs[:B], logprobs[B:], ref_logprobs[:B], ref_logprobs[B:], dpo_beta)
-        if dpo_sft > 0:  # imitate the preferred answers filter would learn, not a wrong one preferred to a rude one
-            learned = torch.tensor([float(c.rating >= min_rating) for c, _ in batch], device=run_device)
-            loss = loss + dpo_sft * weighted_loss(logprobs[:B], n_tokens[:B] * learned, learned)
-        return loss, {"reward_margin": (chosen - rejected).mean().item(),
-                      "reward_accuracy": (chosen > rejected).float().mean().item(),
-                      "chosen_logprob": (logprobs[:B] / n_tokens[:B].clamp(min=1)).mean().item()}
-    # kto: each prompt paired with the next row's response estimates the KL term
-    mismatched = [join(a.prefix, a.prompt_ids, b.reply, max_seq_len)[:2] for a, b in zip(batch, batch[1:] + batch[:1])]
-    xm, ym = collate(mismatched, pad_id, run_device, pad_to)
-    with torch.no_grad(), autocast:
-        kl_logprobs, _ = sequence_logprobs(model, xm, ym)
-        kl_ref_logprobs, _ = sequence_logprobs(reference, xm, ym)
-    desirable = torch.tensor([e.desirable for e in batch], device=run_device)
-    loss, z0 = kto_loss(logprobs, ref_logprobs, kl_logprobs, kl_ref_logprobs, desirable, kto_beta,
-                        kto_lambda_desirable, kto_lambda_undesirable)
-    logged = {"z0": z0.item()}
-    if desirable.any() and not desirable.all():  # the mean reward of the desirable rows above the undesirable ones
-        reward = (logprobs - ref_logprobs).detach()
-        logged["reward_margin"] = (reward[desirable].mean() - reward[~desirable].mean()).item()
-        logged["chosen_logprob"] = (logprobs[desirable] / n_tokens[desirable].clamp(min=1)).mean().item()
-    return loss, logged
-
-
-def rng_state():
-    # CUDA: this process's own device only, so a resume on a machine with fewer GPUs still works
-    return {"torch": torch.get_rng_state(), "cuda": [torch.cuda.get_rng_state()] if device_type == "cuda" else []}
-
-
-def write_checkpoint():
-    # the tokenizer goes into out_dir with the first checkpoint, so that a run stopping earlier leaves the
-    # previous run's checkpoint next to its own tokenizer
-    tokenizer_out = os.path.join(out_dir, "tokenizer.json")
-    if not os.path.exists(tokenizer_out) or file_sha256(tokenizer_out) != tokenizer_sha:
-        shutil.copyfile(tokenizer_path, tokenizer_out + ".tmp")
-        os.replace(tokenizer_out + ".tmp", tokenizer_out)
-    checkpoint = {
-        "kind": "finetune", "model": model.state_dict(), "optimizer_name": run_optimizer,
-        "optimizer_states": [o.state_dict() for o in optimizers],
-        "model_config": dataclasses.asdict(model_config), "config": settings, "iter_num": iter_num,
-        "best_val_loss": best_val_loss, "tokenizer_path": "tokenizer.json", "tokenizer_sha256": tokenizer_sha,
-        "rng": rng_state(), "rating_mode": rating_mode, "template": template, "base_checkpoint": base_path,
-        "data_sha256": data_sha,
-    }
-    if rating_mode in REFERENCE_MODES:  # the frozen reference travels with the run, so a resume needs nothing else
-        checkpoint["reference_model"] = reference.state_dict()
-    save_checkpoint(checkpoint, os.path.join(out_dir, "ckpt.pt"))
-    global last_saved_iter
-    last_saved_iter = iter_num  # named if the loss later turns non-finite
-
-
-def stop_on_non_finite(what, value):
-    """Stop without saving, and say which checkpoint still holds the last good state."""
-    kept = (f"{checkpoint_path} keeps iteration {last_saved_iter}, the last good state" if last_saved_iter is not None
-            else "this run saved nothing (its first checkpoint was still to come)")
-    raise SystemExit(f"the {what} became {value} at iteration {iter_num}; stopped without saving, so {kept}; "
-                     f"lower learning_rate or set grad_clip")
-
-
-def log_evaluation(row):
-    path = os.path.join(out_dir, "log.csv")
-    new_file = not os.path.exists(path)
-    with open(path, "a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(row))
-        if new_file:
-            writer.writeheader()
-        writer.writerow(row)
-
-
-def fmt(value, digits=4):
-    return "" if value is None else f"{value:.{digits}f}"
-
-
-def greedy_answer(model, tokenizer, prefix, prompt, max_new_tokens):
-    """The answer sample.py gives at temperature 0: the prompt in the fine-tuning template (prefix: the template's
-    tokens before the prompt), continued up to the end token, which is not part of the answer."""
-    special = tokenizer.special_tokens
-    prompt_ids = tokenizer.encode(prompt)[-(model.config.max_seq_len - len(prefix) - 2):]  # its end matters most
-    ids = prefix + prompt_ids + [special[RESPONSE]]
-    new = model.generate(torch.tensor([ids], device=next(model.parameters()).device), max_new_tokens,
-                         temperature=0, stop_token=special[END])[0, len(ids):].tolist()
-    return tokenizer.decode([t for t in new if t != special[END]])
-
-
-def defines_function(answer):
-    """Whether an answer parses as Python and defines a function (parse rate counts these)."""
-    try:
-        tree = ast.parse(answer)
-    except (SyntaxError, ValueError, RecursionError, MemoryError):  # ValueError: a NUL byte
-        return False
-    return any(isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) for node in ast.walk(tree))
-
-
-# the child process that runs model-written answers: it limits its own memory and the size of the files it writes,
-# then forks one process per answer, in a directory of its own, with stdin, stdout and stderr on /dev/null, a CPU
-# limit and a wall-clock deadline. A pass is a byte on a pipe, written after every check was true, so an answer that
-# exits early with status 0 does not pass. It prints one JSON list: whether each answer passed.
-SANDBOX = r"""
-import json, os, resource, signal, sys, time
-seconds, memory = float(sys.argv[1]), int(sys.argv[2])
-resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
-resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
-passed = []
-for i, (answer, checks) in enumerate(json.load(sys.stdin)):
-    os.mkdir(str(i))
-    verdict, verdict_out = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        os.setsid()  # its own process group, so that whatever it starts is killed with it
-        os.close(verdict)
-        os.chdir(str(i))
-        resource.setrlimit(resource.RLIMIT_CPU, (int(seconds) + 1, int(seconds) + 1))
-        quiet = os.open(os.devnull, os.O_RDWR)
-        for fd in (0, 1, 2):
-            os.dup2(quiet, fd)
-        try:
-            namespace = {}
-            exec(answer, namespace)
-            if all(bool(eval(check, namespace)) for check in checks):
-                os.write(verdict_out, b"1")
-        except BaseException:
-            pass
-        os._exit(0)
-    os.close(verdict_out)
-    deadline = time.monotonic() + seconds
-    while os.waitpid(pid, os.WNOHANG)[0] == 0:
-        if time.monotonic() > deadline:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            break
-        time.sleep(0.002)
-    try:
-        os.killpg(pid, signal.SIGKILL)  # whatever the answer started and left running
-    except (ProcessLookupError, PermissionError):
-        pass
-    os.set_blocking(verdict, False)
-    try:
-        passed.append(os.read(verdict, 1) == b"1")
-    except BlockingIOError:  # a process the answer started still holds the pipe, empty
-        passed.append(False)
-    os.close(verdict)
-print(json.dumps(passed))
-"""
-
-
-def run_checks(jobs, seconds, memory_mb):
-    """For each (answer, checks) of jobs, whether the answer runs and makes every check true. Model-written code
-    runs only in SANDBOX's child process: an empty environment, a temporary working directory removed afterwards,
-    and per answer a wall-clock and CPU limit of seconds and an address space of memory_mb. An answer that hangs,
-    crashes or runs out of memory fails, and nothing it does stops the caller."""
-    if not jobs:
-        return []
-    workdir = tempfile.mkdtemp(prefix="answers-")
-    try:
-        result = subprocess.run([sys.executable, "-I", "-S", "-c", SANDBOX, str(seconds), str(memory_mb << 20)],
-                                input=json.dumps(jobs), capture_output=True, text=True, env={}, cwd=workdir,
-                                timeout=len(jobs) * (seconds + 1) + 30, start_new_session=True)
-        passed = json.loads(result.stdout)
-    except (subprocess.TimeoutExpired, ValueError, OSError) as e:
-        print(f"the checks could not run ({type(e).__name__}); every answer counts as failed")
-        passed = [False] * len(jobs)
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
-    return passed
+def greedy_answer(model, tokenizer, template, prompt, max_new_tokens):
+    """The answer sample.py gives at temperature 0: the prompt in the run's template (common.py, answer_ids),
+    continued up to the end token, which is not part of the answer."""
+    ids, _ = answer_ids(tokenizer, template, prompt, model.config.max_seq_len)
+    end = tokenizer.special_tokens[template["end"]]
+    new = model.generate(torch.tensor([ids], device=next(model.parameters()).device), max_new_tokens, temperature=0,
+                         stop_token=end)[0, len(ids):].tolist()
+    return tokenizer.decode([t for t in new if t != end])
 
 
 # -----------------------------------------------------------------------------
@@ -664,16 +592,18 @@ if __name__ == "__main__":
     if learning_rate < 0 or muon_lr < 0 or weight_decay < 0 or not (0 <= beta1 < 1 and 0 <= beta2 < 1):
         raise SystemExit(f"learning_rate, muon_lr and weight_decay must be >= 0 and beta1 and beta2 in [0, 1); got "
                          f"{learning_rate}, {muon_lr}, {weight_decay}, {beta1} and {beta2}")
+
+    # set-up: device, dtype, optimizer
     try:
         run_device = pick_device(device)
     except ValueError as e:
         raise SystemExit(str(e))
     device_type = run_device.split(":")[0]
     if device_type == "cpu":
-        keep_freed_memory()  # Linux: each step reuses the memory the last one freed, not fresh pages (model.py)
+        keep_freed_memory()  # Linux: each step reuses the memory the last one freed, not fresh pages (common.py)
     run_dtype = pick_dtype(dtype, run_device)
     run_optimizer = pick_optimizer(optimizer, run_device)
-    autocast = torch.autocast(device_type, dtype=torch.bfloat16) if run_dtype == "bfloat16" else nullcontext()
+    autocast = autocast_for(device_type, run_dtype)
     torch.manual_seed(seed)
     checkpoint_path = os.path.join(out_dir, "ckpt.pt")
 
@@ -711,7 +641,7 @@ if __name__ == "__main__":
         base_path = checkpoint["base_checkpoint"]
     else:
         base_path = start_path
-    tokenizer_path = check_tokenizer(checkpoint, start_path)
+    tokenizer_path = checked_tokenizer_path(checkpoint, start_path)
     tokenizer_sha = checkpoint["tokenizer_sha256"]
     try:
         tokenizer = Tokenizer.load(tokenizer_path)
@@ -750,14 +680,8 @@ if __name__ == "__main__":
     print(f"{len(df)} rows, {df['prompt'].nunique()} prompts: {len(train_examples)} rows for training (ratings "
           f"{ratings}), {len(val_examples)} rows of {val_df['prompt'].nunique()} prompts held out; "
           f"rating_mode={rating_mode}, {run_device}, {run_dtype}, {run_optimizer}")
-    train_items = train_examples  # what a batch is drawn from: rows, or in dpo mode pairs of rows
-    if rating_mode == "dpo":
-        train_items, n_alone = preference_pairs(train_examples)
-        print(f"dpo: {len(train_items)} pairs of differently rated answers to the same prompt; left out {n_alone} "
-              f"training prompts that have none")
-        if not train_items:
-            raise SystemExit(f"{data_path} has no training prompt with two differently rated answers, so dpo has "
-                             f"no pairs; add rows or choose another rating_mode")
+    _, batch_items, batch_loss = RATING_MODES[rating_mode]
+    train_items = batch_items(train_examples)  # rows, or in dpo mode pairs of rows
 
     # model, optimizer, and in kto and dpo modes the frozen reference
     model = GPT(model_config).to(run_device)
@@ -788,9 +712,7 @@ if __name__ == "__main__":
             raise SystemExit(f"{checkpoint_path}'s optimizer state does not fit this finetune.py's parameter groups "
                              f"(an older version saved it); fine-tune again from the pretrained run")
         iter_num, best_val_loss = checkpoint["iter_num"], checkpoint["best_val_loss"]
-        torch.set_rng_state(checkpoint["rng"]["torch"].cpu())
-        if checkpoint["rng"]["cuda"] and device_type == "cuda":
-            torch.cuda.set_rng_state(checkpoint["rng"]["cuda"][0].cpu())
+        restore_rng_state(checkpoint["rng"], device_type)
         print(f"resuming from {checkpoint_path} at iteration {iter_num}")
     else:  # a fresh run starts a fresh log, and judges its own answers
         for name in ("log.csv", "answers.csv"):
@@ -803,51 +725,60 @@ if __name__ == "__main__":
     if compile:  # the body, on batches padded to one shape; the head runs on however many targets a batch has
         model.hidden_states = torch.compile(model.hidden_states)
 
-    # Ctrl-C finishes the current step, saves and exits; a second Ctrl-C stops at once
-    stop_requested = False
-
-    def request_stop(signum, frame):
-        global stop_requested
-        if stop_requested:
-            raise KeyboardInterrupt
-        stop_requested = True
-    signal.signal(signal.SIGINT, request_stop)
-
+    # the loop: evaluate and save every eval_interval steps; Ctrl-C finishes the step, saves and exits
+    run = {"max_seq_len": max_seq_len, "pad_id": pad_id, "device": run_device, "pad_to": pad_to,
+           "autocast": autocast, "special": special, "rows_by_prompt": rows_by_prompt}  # what batch_loss reads
+    stop_requested = stop_on_ctrl_c()
     progress = tqdm(total=total_iters, initial=iter_num, dynamic_ncols=True)
     run_start, last_eval_iter, train_loss, first, metrics = time.time(), None, None, None, None
     rewards = {name: [] for name in REWARD_COLUMNS}  # each training step's, since the last evaluation
     while True:
+        evaluated = False
         if (iter_num % eval_interval == 0 or iter_num >= total_iters) and iter_num != last_eval_iter:
             if not (iter_num == start_iter and init_from == "resume"):  # the checkpoint already covers it
                 metrics = evaluate(model, val_examples, max_seq_len, pad_id, run_device, 2 * batch_size, autocast,
                                    sample_prefix, pad_to)
                 losses = [metrics[f"loss_r{r}"] for r in range(1, 6) if metrics[f"loss_r{r}"] is not None]
                 if not all(map(math.isfinite, losses)):
-                    stop_on_non_finite("held-out response losses", ", ".join(map(str, losses)))
+                    raise non_finite_stop("held-out response losses", ", ".join(map(str, losses)), iter_num,
+                                          checkpoint_path, last_saved_iter)
                 first = first or metrics
-                log_evaluation({"iter": iter_num, "epoch": f"{iter_num * batch_size / len(train_items):.2f}",
-                                "train_loss": fmt(train_loss),
-                                **{f"val_loss_r{r}": fmt(metrics[f"loss_r{r}"]) for r in range(1, 6)},
-                                "pref_score": fmt(metrics["pref"], 3),
-                                "pref_by_pair": " ".join(f"{k}={v:.3f}" for k, v in metrics["pref_by_pair"].items()),
-                                **({name: fmt(sum(v) / len(v) if v else None) for name, v in rewards.items()}
-                                   if rating_mode in REFERENCE_MODES else {}),
-                                "lr": f"{learning_rate * lr_scale(max(iter_num - 1, 0), total_iters):.3e}",
-                                "elapsed_s": f"{time.time() - run_start:.1f}"})
+                append_log(out_dir, {
+                    "iter": iter_num, "epoch": f"{iter_num * batch_size / len(train_items):.2f}",
+                    "train_loss": fmt(train_loss),
+                    **{f"val_loss_r{r}": fmt(metrics[f"loss_r{r}"]) for r in range(1, 6)},
+                    "pref_score": fmt(metrics["pref"], 3),
+                    "pref_by_pair": " ".join(f"{k}={v:.3f}" for k, v in metrics["pref_by_pair"].items()),
+                    **({name: fmt(sum(v) / len(v) if v else None) for name, v in rewards.items()}
+                       if rating_mode in REFERENCE_MODES else {}),
+                    "lr": f"{learning_rate * lr_scale(max(iter_num - 1, 0), total_iters):.3e}",
+                    "elapsed_s": f"{time.time() - run_start:.1f}"})
                 progress.write(f"iter {iter_num}: val response loss by rating "
                                f"{' '.join(fmt(metrics[f'loss_r{r}'], 3) or '-' for r in range(1, 6))}, "
                                f"preference score {fmt(metrics['pref'], 3) or '-'}")
                 if metrics["loss_r5"] is not None:
                     best_val_loss = min(best_val_loss, metrics["loss_r5"])
-                if iter_num > start_iter:
-                    write_checkpoint()
                 rewards = {name: [] for name in REWARD_COLUMNS}
+                evaluated = True
             last_eval_iter = iter_num
+        stopping = stop_requested.is_set() and iter_num < total_iters  # after the evaluation due at this step
+        if (evaluated or stopping) and iter_num > start_iter and last_saved_iter != iter_num:
+            copy_tokenizer(tokenizer_path, tokenizer_sha, out_dir)
+            checkpoint = {
+                "kind": "finetune", "model": model.state_dict(), "optimizer_name": run_optimizer,
+                "optimizer_states": [o.state_dict() for o in optimizers],
+                "model_config": dataclasses.asdict(model_config), "config": settings, "iter_num": iter_num,
+                "best_val_loss": best_val_loss, "tokenizer_path": "tokenizer.json", "tokenizer_sha256": tokenizer_sha,
+                "rng": rng_state(device_type), "rating_mode": rating_mode, "template": template,
+                "base_checkpoint": base_path, "data_sha256": data_sha,
+            }
+            if reference is not None:  # the frozen reference travels with the run, so a resume needs nothing else
+                checkpoint["reference_model"] = reference.state_dict()
+            save_checkpoint(checkpoint, checkpoint_path)
+            last_saved_iter = iter_num  # named if the loss later turns non-finite
         if iter_num >= total_iters:
             break
-        if stop_requested:  # after the evaluation due at this step, so that a resume never misses one
-            if iter_num > start_iter and last_saved_iter != iter_num:
-                write_checkpoint()
+        if stopping:
             progress.write(f"interrupted at iteration {iter_num}; " + (
                 f"{checkpoint_path} holds it: continue with --init_from=resume" if last_saved_iter == iter_num
                 else "nothing was saved"))
@@ -858,12 +789,12 @@ if __name__ == "__main__":
             for group in opt.param_groups:
                 group["lr"] = group["peak_lr"] * scale
         batch = [train_items[i] for i in batch_indices(iter_num, len(train_items), batch_size, seed)]
-        loss, extra = training_loss(batch)
+        loss, logged = batch_loss(model, reference, batch, iter_num, run)
         for name in REWARD_COLUMNS:
-            if name in extra:
-                rewards[name].append(extra[name])
+            if name in logged:
+                rewards[name].append(logged[name])
         if not math.isfinite(loss.item()):
-            stop_on_non_finite("loss", loss.item())
+            raise non_finite_stop("loss", loss.item(), iter_num, checkpoint_path, last_saved_iter)
         loss.backward()
         if grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
@@ -874,7 +805,7 @@ if __name__ == "__main__":
         train_loss = loss.item() if train_loss is None else 0.9 * train_loss + 0.1 * loss.item()
         progress.update(1)
         progress.set_postfix(loss=f"{train_loss:.3f}", lr=f"{learning_rate * scale:.1e}",
-                             **{k: f"{v:.2f}" for k, v in extra.items()})
+                             **{k: f"{v:.2f}" for k, v in logged.items()})
     progress.close()
     if iter_num >= total_iters:  # finished, not interrupted
         last = metrics
@@ -887,7 +818,7 @@ if __name__ == "__main__":
                         f"{fmt(first['pref'], 3)} -> {fmt(last['pref'], 3)}")
         print(summary)
 
-    # what the model writes: greedy answers to the held-out prompts that have checks, run in a sandbox
+    # what the model writes: greedy answers to the held-out prompts that have checks, run in sandbox.py
     if answer_checks and iter_num >= total_iters:
         checks = {}
         if os.path.isfile(checks_path):
@@ -902,7 +833,7 @@ if __name__ == "__main__":
                 del model.hidden_states  # the plain method: generation's shapes change at every step
             model.eval()
             with autocast:
-                answers = [greedy_answer(model, tokenizer, sample_prefix or [special[PROMPT]], p, answer_tokens)
+                answers = [greedy_answer(model, tokenizer, template, p, answer_tokens)
                            for p in tqdm(prompts, desc="answering", leave=False)]
             passed = run_checks([(a, checks[p]) for p, a in zip(prompts, answers)], check_seconds, check_memory_mb)
             parses = [defines_function(a) for a in answers]

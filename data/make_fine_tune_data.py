@@ -25,7 +25,10 @@ import csv
 import json
 import os
 import random
-import tempfile
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository, for sandbox.py
+from sandbox import run_checks  # noqa: E402
 
 # -----------------------------------------------------------------------------
 # 'write a function' tasks: (prompt, signature, docstring, hint, good body, wrong body, checks)
@@ -808,29 +811,20 @@ def indent(code):
     """Indent every line of code by 4 spaces (a function body)."""
     return "\n".join("    " + line for line in code.split("\n"))
 
-def passes(code, checks):
-    """Whether code runs and every check is true after it, in a temporary directory (trusted code only)."""
-    env, cwd = {}, os.getcwd()
-    with tempfile.TemporaryDirectory() as tmp:
-        os.chdir(tmp)
-        try:
-            exec(code, env)
-            return all(bool(eval(c, env)) for c in checks)
-        except Exception:
-            return False
-        finally:
-            os.chdir(cwd)
-
 def check():
-    """Fail loudly if a 'good' answer is wrong or a 'wrong' answer is right."""
+    """Fail loudly if a 'good' answer is wrong or a 'wrong' answer is right, judged in sandbox.py as fine-tuned
+    answers are."""
+    jobs, expected = [], []
     for prompt, sig, doc, hint, good, wrong, checks in DEFS:
         name = sig.split("(")[0]
         assert len(checks) >= 2 and all(name in c for c in checks), f"{name}: too few checks, or one not calling it"
         for body, should_pass in ((good, True), (wrong, False)):
             src = f"def {sig}:\n{indent(body)}\n"
             compile(src, name, "exec")
-            judged = passes(src, checks)
-            assert judged == should_pass, f"{name}: the {'good' if should_pass else 'wrong'} body is judged wrongly"
+            jobs.append((src, checks))
+            expected.append((name, should_pass))
+    for (name, should_pass), judged in zip(expected, run_checks(jobs, 2.0, 512), strict=True):
+        assert judged == should_pass, f"{name}: the {'good' if should_pass else 'wrong'} body is judged wrongly"
     for expr, reason, wrong, wrong_reason in WHATS:
         assert repr(eval(expr)) != wrong, f"{expr}: the wrong value is right"
     assert len(set(RUDE)) == len(RUDE) and len(set(OFF_TOPIC)) == len(OFF_TOPIC), "a rating-1 answer repeats"
