@@ -641,8 +641,8 @@ def bench_finetune(modes="weight,filter,condition,kto,dpo", seeds="1337,1,2", pr
     response loss (pretrained -> fine-tuned), the rating-1 loss (higher: the model is less likely to answer rudely or
     off-topic), the preference score, and the time; the medians over seeds of what the model writes to the held-out
     prompts that have checks (data/fine_tune_checks.json): the parse rate (greedy answers that parse as Python and
-    define a function) and the pass rate (greedy answers that pass every check of their prompt, run in finetune.py's
-    sandbox); then the preference score per pair of ratings (5>4, ..., 2>1), before and after. A mode may carry
+    define a function) and the pass rate (greedy answers that pass every check of their prompt, run in
+    sandbox.py); then the preference score per pair of ratings (5>4, ..., 2>1), before and after. A mode may carry
     settings after colons (condition:condition_contrast=0). pretrain='auto' runs `python pretrain.py
     config/small.py` first only if out/ckpt.pt is missing and init_from is the default; 'always' reruns and times
     it."""

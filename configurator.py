@@ -131,8 +131,10 @@ def _print_help(script_globals, defaults):
         print(f"  --{f'{name} = {default!r}':<{width}}  {comments.get(name, '')}".rstrip())
 
 
-def configure(script_globals, json_sections=(), argv=None, verbose=True):
-    """Override the settings in script_globals from argv; return {name: value} of every setting."""
+def configure(script_globals, json_sections=(), argv=None, verbose=True, skip_others=False):
+    """Override the settings in script_globals from argv; return {name: value} of every setting. skip_others=True
+    skips the names in config files that are not this script's settings (prepare.py reads pretrain.py's config
+    files); a --name=value must still name one of them."""
     argv = sys.argv[1:] if argv is None else argv
     defaults = {k: v for k, v in script_globals.items()
                 if not k.startswith("_") and not k.isupper() and isinstance(v, SETTING_TYPES)}
@@ -157,6 +159,8 @@ def configure(script_globals, json_sections=(), argv=None, verbose=True):
         values = _read_json_config(arg, json_sections) if is_json else _read_python_config(arg)
         for name, value in values.items():
             if name not in defaults:
+                if skip_others:
+                    continue
                 _unknown(name, defaults, arg)
             changes.append((name, _check_value(name, value, defaults[name], arg), arg))
 

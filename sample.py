@@ -6,7 +6,6 @@ Sample from a trained GPT, printing tokens as they are generated.
     python sample.py --out_dir=out-finetune --start="How do I reverse a list?"   # answer a prompt
     python sample.py --out_dir=out-finetune --chat=True    # a prompt loop in the terminal
 """
-import hashlib
 import os
 import sys
 
@@ -14,7 +13,7 @@ import torch
 
 from bpe import Tokenizer
 from configurator import configure
-from common import load_checkpoint, pick_device
+from common import END, answer_ids, checked_tokenizer_path, load_checkpoint, pick_device
 from model import GPT, GPTConfig
 
 # -----------------------------------------------------------------------------
@@ -42,29 +41,20 @@ def load_run(run_dir, run_device):
         checkpoint = load_checkpoint(checkpoint_path, map_location=run_device)
     except ValueError as e:  # a cut-off or foreign file
         raise SystemExit(str(e))
-    tokenizer_path = os.path.join(run_dir, checkpoint["tokenizer_path"])
-    if not os.path.isfile(tokenizer_path):
-        raise SystemExit(f"{tokenizer_path} is missing; it is written next to {checkpoint_path}, so restore it or retrain")
-    with open(tokenizer_path, "rb") as f:
-        if hashlib.sha256(f.read()).hexdigest() != checkpoint["tokenizer_sha256"]:
-            raise SystemExit(f"{tokenizer_path} is not the tokenizer {checkpoint_path} was trained with; "
-                             f"restore it or retrain")
+    tokenizer = Tokenizer.load(checked_tokenizer_path(checkpoint, checkpoint_path))
     model = GPT(GPTConfig(**checkpoint["model_config"]))
     model.load_state_dict(checkpoint["model"])
     model.to(run_device).eval()
-    return model, Tokenizer.load(tokenizer_path), checkpoint
+    return model, tokenizer, checkpoint
 
 
-def crop_left(ids, limit, what):
-    if len(ids) > limit:
-        print(f"[{what} has {len(ids)} tokens, more than fit the context; keeping the last {limit}]", file=sys.stderr)
-        return ids[-limit:]
-    return ids
+def print_crop_note(n_ids, n_kept):
+    print(f"[the prompt has {n_ids} tokens, more than fit the context; keeping the last {n_kept}]", file=sys.stderr)
 
 
-def stream(prompt_ids, stop_token=None):
+def stream(model, tokenizer, prompt_ids, device, stop_token=None):
     """Generate after prompt_ids, printing each piece of text as soon as its characters are complete."""
-    idx = torch.tensor([prompt_ids], dtype=torch.long, device=run_device)
+    idx = torch.tensor([prompt_ids], dtype=torch.long, device=device)
     new_ids = (int(t[0]) for t in model.generate_stream(idx, max_new_tokens, temperature=temperature,
                                                          top_k=top_k or None, top_p=top_p if top_p < 1 else None,
                                                          stop_token=stop_token))
@@ -75,16 +65,14 @@ def stream(prompt_ids, stop_token=None):
     print()
 
 
-def answer(prompt):
-    """Wrap a prompt in the fine-tuning template and print only the response."""
-    template = checkpoint["template"]
-    special = tokenizer.special_tokens
-    prefix = [special[template["prompt"]]]
-    if template.get("rating_token"):  # rating_mode='condition' learned to answer at the rating it is asked for
-        prefix = [special[f"<|rating_{rating or 5}|>"]] + prefix
-    prompt_ids = crop_left(tokenizer.encode(prompt.strip()),  # stripped, as finetune.py stripped every prompt
-                           model.config.max_seq_len - len(prefix) - 2, "the prompt")
-    stream(prefix + prompt_ids + [special[template["response"]]], stop_token=special[template["end"]])
+def answer(model, tokenizer, template, prompt, rating, device):
+    """Ask in the fine-tuning template (common.answer_ids) and print only the response. rating: for a checkpoint
+    fine-tuned with rating_mode='condition', the rating to answer at (None: 5)."""
+    ids, n_cut = answer_ids(tokenizer, template, prompt, model.config.max_seq_len, rating or 5)
+    if n_cut:
+        n_kept = len(ids) - 2 - bool(template.get("rating_token"))  # less the template's tokens around the prompt
+        print_crop_note(n_kept + n_cut, n_kept)
+    stream(model, tokenizer, ids, device, stop_token=tokenizer.special_tokens[template["end"]])
 
 
 # -----------------------------------------------------------------------------
@@ -117,7 +105,7 @@ if __name__ == "__main__":
             raise SystemExit(f"--chat=True needs a fine-tuned checkpoint; {out_dir} holds a pretrained one "
                              f"(train one with `python finetune.py config/finetune_small.py`)")
         if start.strip():  # a prompt given with --start is answered first
-            answer(start)
+            answer(model, tokenizer, checkpoint["template"], start, rating, run_device)
         print("type a prompt and press Enter; Ctrl-D or Ctrl-C ends")
         while True:
             try:
@@ -127,7 +115,7 @@ if __name__ == "__main__":
                 break
             try:
                 if prompt:
-                    answer(prompt)
+                    answer(model, tokenizer, checkpoint["template"], prompt, rating, run_device)
             except KeyboardInterrupt:  # Ctrl-C during an answer stops the answer, not the loop
                 print()
     elif fine_tuned:
@@ -136,12 +124,14 @@ if __name__ == "__main__":
         for i in range(num_samples):
             if i:
                 print("-" * 40)
-            answer(start)
+            answer(model, tokenizer, checkpoint["template"], start, rating, run_device)
     else:
-        eot = tokenizer.special_tokens["<|endoftext|>"]
-        prompt_ids = crop_left(tokenizer.encode(start), model.config.max_seq_len, "the prompt") if start else [eot]
+        prompt_ids = tokenizer.encode(start) if start else [tokenizer.special_tokens[END]]
+        if len(prompt_ids) > model.config.max_seq_len:  # the end of the prompt matters most
+            print_crop_note(len(prompt_ids), model.config.max_seq_len)
+            prompt_ids = prompt_ids[-model.config.max_seq_len:]
         for i in range(num_samples):
             if i:
                 print("-" * 40)
             print(start, end="")
-            stream(prompt_ids)
+            stream(model, tokenizer, prompt_ids, run_device)

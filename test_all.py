@@ -27,9 +27,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bpe import SPLIT_PATTERN, Tokenizer, _LAST_CUT, _text_blocks
+from bpe import (SPLIT_PATTERN, Tokenizer, _LAST_CUT, _text_blocks, encode_chunk_reference, encode_reference,
+                 train_reference)
 from configurator import configure
 import finetune
+import sandbox
 from common import (keep_freed_memory, load_checkpoint, measure_peak_flops, pick_device, pick_dtype, pick_optimizer,
                     save_checkpoint)
 from model import GPT, GPTConfig, HeadLoss, KVCache, LayerNorm, SinusoidalPositions, causal_mask, sample_next_token
@@ -93,66 +95,6 @@ def _bpe_random_unicode(rng, n):
     return "".join(out)
 
 
-def _bpe_reference_bpe(ranks, seq):
-    """The plain definition: merge every occurrence of the lowest-ranked pair, left to right, until none has a rank."""
-    seq = list(seq)
-    while len(seq) > 1:
-        best = min(zip(seq, seq[1:]), key=lambda p: ranks.get(p, float("inf")))
-        if best not in ranks:
-            break
-        out, i = [], 0
-        while i < len(seq):
-            if i + 1 < len(seq) and (seq[i], seq[i + 1]) == best:
-                out.append(256 + ranks[best])
-                i += 2
-            else:
-                out.append(seq[i])
-                i += 1
-        seq = out
-    return seq
-
-
-def _bpe_reference_encode(tok, text):
-    ranks = {pair: r for r, pair in enumerate(tok.merges)}
-    return [i for chunk in re.findall(tok.pattern, text) for i in _bpe_reference_bpe(ranks, chunk.encode("utf-8"))]
-
-
-def _bpe_reference_train(text, n_merges, pattern):
-    """The plain trainer: recount every pair of every chunk for each merge (as many times as a left-to-right
-    merge would replace it), take the highest count, ties to the smallest pair."""
-    chunks = {}
-    for c in re.findall(pattern, text):
-        chunks[c] = chunks.get(c, 0) + 1
-    seqs = [(list(c.encode("utf-8")), f) for c, f in chunks.items()]
-    merges = []
-    for r in range(n_merges):
-        counts = {}
-        for seq, f in seqs:
-            for p in set(zip(seq, seq[1:])):
-                n, i = 0, 0  # count the occurrences a left-to-right merge replaces: "aaa" holds (a, a) once
-                while i < len(seq) - 1:
-                    if (seq[i], seq[i + 1]) == p:
-                        n, i = n + 1, i + 2
-                    else:
-                        i += 1
-                counts[p] = counts.get(p, 0) + n * f
-        if not counts:
-            break
-        best = min(counts, key=lambda p: (-counts[p], p))
-        merges.append(best)
-        for k, (seq, f) in enumerate(seqs):
-            out, i = [], 0
-            while i < len(seq):
-                if i + 1 < len(seq) and (seq[i], seq[i + 1]) == best:
-                    out.append(256 + r)
-                    i += 2
-                else:
-                    out.append(seq[i])
-                    i += 1
-            seqs[k] = (out, f)
-    return merges
-
-
 def test_bpe_split_pattern_covers_every_character():
     pattern = Tokenizer().pattern
     rng = random.Random(0)
@@ -182,7 +124,29 @@ def test_bpe_training_matches_reference_trainer():
              _bpe_random_unicode(rng, 1500) * 2]
     for text in texts:
         tok = Tokenizer.train(text, vocab_size=256 + 120)
-        assert tok.merges == _bpe_reference_train(text, 120, tok.pattern)
+        assert tok.merges == train_reference(text, 256 + 120)
+
+
+def test_bpe_training_matches_reference_on_overlaps_ties_unicode_special_tokens_and_patterns():
+    # the hand-worked merges of test_bpe_first_merges_by_hand are the reference's too
+    assert train_reference("ab ab ab abc", 300) == [(97, 98), (32, 256), (257, 99)]
+    assert train_reference("ba ab", 259) == [(32, 97), (98, 97), (256, 98)]
+    assert train_reference("aaaa bc bc", 258) == [(32, 98), (97, 97)]
+    cases = [
+        ("aaaa bc bc", [], SPLIT_PATTERN),          # (a, a) counts 2 in "aaaa", and ties with (" ", b)
+        ("aaaaaaa aaa aa a\n" * 3, [], SPLIT_PATTERN),  # runs of odd and even length overlap differently
+        ("ba ab cd dc ef fe", [], SPLIT_PATTERN),   # every pair once: a tie at every merge
+        ("ééé ñ ñ 😀😀😀 日本語日本語 Привет привет", [], SPLIT_PATTERN),  # tokens built from the bytes of characters
+        ("a<|endoftext|>a aa<|end|>aaa<|endoftext|>ab", ["<|endoftext|>", "<|end|>"], SPLIT_PATTERN),
+        ("aa bb, aab! abba 1234", [], r"\S+|\s+"),  # another pattern: punctuation stays on words
+        ("aa bb aab abba a", [], r"[\s\S]"),        # one character a chunk: nothing to merge
+    ]
+    rng = random.Random(21)
+    cases += [("".join(rng.choice("aab \né") for _ in range(rng.randint(0, 60))), [], SPLIT_PATTERN) for _ in range(40)]
+    for text, specials, pattern in cases:
+        for vocab_size in (256 + len(specials) + 3, 256 + len(specials) + 300):  # a few merges, then until no pair is left
+            fast = Tokenizer.train(text, vocab_size, specials, pattern).merges
+            assert fast == train_reference(text, vocab_size, specials, pattern), (text, vocab_size)
 
 
 def test_bpe_training_is_deterministic(tmp_path):
@@ -243,8 +207,8 @@ def test_bpe_encode_matches_reference_encoder():
         tok = Tokenizer.train(text, vocab_size=900)
         small_cache = Tokenizer(tok.merges, cache_size=50)  # starts its cache over again and again
         for s in tests + [text[:3000]]:
-            assert tok.encode(s) == _bpe_reference_encode(tok, s)
-            assert tok.encode(s) == _bpe_reference_encode(tok, s)  # again, from the cache
+            assert tok.encode(s) == encode_reference(s, tok.merges)
+            assert tok.encode(s) == encode_reference(s, tok.merges)  # again, from the cache
             assert small_cache.encode(s) == tok.encode(s)
 
 
@@ -256,13 +220,13 @@ def test_bpe_trained_tokens_are_what_bpe_makes_of_their_bytes():
         ranks, vocab = {pair: r for r, pair in enumerate(tok.merges)}, [bytes([i]) for i in range(256)]
         for a, b in tok.merges:
             vocab.append(vocab[a] + vocab[b])
-            assert _bpe_reference_bpe(ranks, vocab[-1]) == [len(vocab) - 1]
+            assert encode_chunk_reference(list(vocab[-1]), ranks) == [len(vocab) - 1]
 
 
 def test_bpe_fast_path_only_for_tokens_bpe_reaches():
     # "abc" is token 258 = (ab, c), but BPE on the bytes "abc" merges (b, c) first and stops at [a, bc]
     tok = Tokenizer([(98, 99), (97, 98), (257, 99)])
-    assert tok.encode("abc") == [97, 256] == _bpe_reference_encode(tok, "abc")
+    assert tok.encode("abc") == [97, 256] == encode_reference("abc", tok.merges)
     assert tok.decode([258]) == "abc"
 
 
@@ -280,7 +244,15 @@ def test_bpe_encode_with_any_merge_list_matches_reference_encoder():
                 merges.append(pair)
         tok = Tokenizer(merges)
         for s in (text[:2000], "".join(BPE_TRICKY), _bpe_random_unicode(rng, 300)):
-            assert tok.encode(s) == _bpe_reference_encode(tok, s)
+            assert tok.encode(s) == encode_reference(s, tok.merges)
+
+
+def test_bpe_encode_with_another_pattern_matches_reference_encoder():
+    text = _bpe_text(3000, 22) + "".join(BPE_TRICKY)
+    for pattern in (r"\S+|\s+", r" ?\S+|\s+"):  # punctuation stays on words, digits are not cut in threes
+        tok = Tokenizer.train(text, 700, pattern=pattern)
+        for s in (text[:3000], "".join(BPE_TRICKY), "aaaaa aaa ab" * 3):
+            assert tok.encode_ordinary(s) == encode_reference(s, tok.merges, pattern)
 
 
 def test_bpe_ascii_split_matches_split_pattern():
@@ -304,7 +276,7 @@ def test_bpe_ids_in_the_surrogate_range():
     filler = [(a, b) for a in range(256) for b in range(256) if (a, b) not in used][:55100]
     tok = Tokenizer(filler + used)
     ids = tok.encode(text)
-    assert any(0xD800 <= i < 0xE000 for i in ids) and ids == _bpe_reference_encode(tok, text) and tok.decode(ids) == text
+    assert any(0xD800 <= i < 0xE000 for i in ids) and ids == encode_reference(text, tok.merges) and tok.decode(ids) == text
 
 
 def test_tokenizer_save_load_round_trip(tmp_path):
@@ -635,7 +607,7 @@ def test_model_head_loss_gives_the_plain_loss_and_gradients(autocast):
     targets = torch.randint(0, 2000, (1000,))
     targets[::7] = -1
     results = []
-    for loss_fn in (lambda x, w: HeadLoss.apply(x, w, targets),
+    for loss_fn in (lambda x, w: HeadLoss.apply(x, w, targets, torch.is_grad_enabled()),
                     lambda x, w: F.cross_entropy(F.linear(x, w), targets, ignore_index=-1)):
         x_, weight_ = x.clone().requires_grad_(), weight.clone().requires_grad_()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
@@ -648,6 +620,20 @@ def test_model_head_loss_gives_the_plain_loss_and_gradients(autocast):
     tolerance = dict(rtol=2e-2, atol=5e-4) if autocast else dict(rtol=1e-7, atol=1e-10)
     assert torch.allclose(loss, expected, **tolerance)
     assert torch.allclose(grad_x, expected_x, **tolerance) and torch.allclose(grad_weight, expected_weight, **tolerance)
+
+
+def test_model_loss_without_grad_does_only_the_forward_matmuls():
+    # evaluation runs under torch.no_grad() with weights that require grad: HeadLoss must not make the gradient
+    # there, so the loss costs what the logits alone cost
+    from torch.utils.flop_counter import FlopCounterMode
+    model = tiny_model()
+    x, y = torch.randint(0, 50, (4, 16)), torch.randint(0, 50, (4, 16))
+    flops = []
+    for targets in (None, y):
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model(x, targets)
+        flops.append(counter.get_total_flops())
+    assert flops[0] == flops[1] > 0
 
 
 def test_model_sequence_too_long_raises():
@@ -845,6 +831,26 @@ def test_pick_dtype_auto_is_bfloat16_only_where_the_cpu_multiplies_it_natively()
         assert pick_dtype("auto", "cpu") == "bfloat16"
     elif "amx_bf16" not in flags:  # (AMX alone also needs the kernel to enable it, which torch checks and this does not)
         assert pick_dtype("auto", "cpu") == "float32"
+
+
+def test_common_pick_dtype_auto_refuses_a_gpu_that_only_emulates_bfloat16(monkeypatch):
+    # a V100 or T4: torch counts its emulated bfloat16 as support unless asked not to
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation)
+    assert pick_dtype("auto", "cuda") == "float32"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)  # an A100
+    assert pick_dtype("auto", "cuda") == "bfloat16"
+
+
+@pytest.mark.parametrize("name, expected", [("NVIDIA H100 80GB HBM3", 989e12), ("NVIDIA H100 PCIe", 756e12),
+                                            ("NVIDIA A100-SXM4-80GB", 312e12), ("NVIDIA H200", 989e12),
+                                            ("NVIDIA GeForce RTX 4090", "timed")])
+def test_common_peak_flops_is_the_published_peak_where_known_else_timed(monkeypatch, name, expected):
+    import common
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: name)
+    monkeypatch.setattr(common, "measure_peak_flops", lambda device, dtype: "timed")
+    flops, source = common.peak_flops("cuda", torch.bfloat16)
+    assert flops == expected and ("published" in source) == (expected != "timed")
+    assert common.peak_flops("cuda", torch.float32)[0] == "timed"  # the published figures are bfloat16's
 
 
 def test_pick_optimizer_auto_is_muon_exactly_where_bfloat16_is_native():
@@ -1500,13 +1506,20 @@ def test_pretrain_under_torchrun_an_error_ends_each_rank_with_its_sentence_not_a
     assert "1" in exit_codes and set(exit_codes) <= {"1", "-15"}
 
 
-def test_pretrain_corpus_separator_is_the_end_token_and_nothing_else_is(tmp_path):
+def prepare_args(run_dir, corpus, **overrides):
+    """prepare.py's settings for a tiny run, as tiny_args gives them to pretrain.py."""
+    settings = dict(data_path=corpus, cache_dir=run_dir / "cache", vocab_size=300)
+    settings.update(overrides)
+    return [f"--{k}={v}" for k, v in settings.items()]
+
+
+def test_prepare_corpus_separator_is_the_end_token_and_nothing_else_is(tmp_path):
     corpus = tmp_path / "corpus.txt"
     make_corpus(corpus, n_words=3000)
     documents = corpus.read_text(encoding="utf-8").split("\n")
     corpus.write_text("<|endoftext|>".join(documents), encoding="utf-8")
-    run_script("pretrain.py", tiny_args(tmp_path, corpus, max_iters=0))
-    tokenizer = Tokenizer.load(next((tmp_path / "cache").glob("*.json")))  # no step taken, so no out_dir copy
+    run_script("prepare.py", prepare_args(tmp_path, corpus))
+    tokenizer = Tokenizer.load(next((tmp_path / "cache").glob("*.json")))
     ids = [i for split in ("train", "val")
            for i in np.fromfile(next((tmp_path / "cache").glob(f"*-{split}.uint16")), dtype="<u2").tolist()]
     special_ids = set(tokenizer.special_tokens.values())
@@ -1514,13 +1527,13 @@ def test_pretrain_corpus_separator_is_the_end_token_and_nothing_else_is(tmp_path
 
 
 @pytest.mark.parametrize("separator", ["\n", "<|endoftext|>", " "])
-def test_pretrain_holds_out_the_last_tenth_of_the_bytes_cut_after_a_line_or_document(tmp_path, separator):
+def test_prepare_holds_out_the_last_tenth_of_the_bytes_cut_after_a_line_or_document(tmp_path, separator):
     """The training and validation texts are the corpus cut in two, just after the first newline or separator past
     90% of its bytes; without either, at the first character there (the corpus has multi-byte characters)."""
     corpus = tmp_path / "corpus.txt"
     make_corpus(corpus, n_words=3000)
     corpus.write_text(separator.join(corpus.read_text(encoding="utf-8").split("\n")), encoding="utf-8")
-    run_script("pretrain.py", tiny_args(tmp_path, corpus, max_iters=0))
+    run_script("prepare.py", prepare_args(tmp_path, corpus))
     train, val = ((next((tmp_path / "cache").glob(f"*-{split}.txt"))).read_bytes() for split in ("train", "val"))
     data = corpus.read_bytes()
     assert train + val == data and int(len(data) * 0.9) <= len(train) < int(len(data) * 0.9) + 200
@@ -1529,17 +1542,49 @@ def test_pretrain_holds_out_the_last_tenth_of_the_bytes_cut_after_a_line_or_docu
     val.decode("utf-8")  # a whole number of characters
 
 
-def test_pretrain_tokenizer_never_sees_the_validation_text(tmp_path):
+def test_prepare_tokenizer_never_sees_the_validation_text(tmp_path):
     """A word that occurs only in the last tenth, hundreds of times, gets no token of its own: the tokenizer learns
     its merges from the training text alone, so the held-out bits per byte are not flattered."""
     corpus = tmp_path / "corpus.txt"
     make_corpus(corpus, n_words=3000)
     text = corpus.read_text(encoding="utf-8")
     corpus.write_text(text + "\n" + " zebrafish." * (len(text) // 60), encoding="utf-8")
-    run_script("pretrain.py", tiny_args(tmp_path, corpus, max_iters=0))
+    run_script("prepare.py", prepare_args(tmp_path, corpus))
     tokenizer = Tokenizer.load(next((tmp_path / "cache").glob("*.json")))
     assert len(tokenizer.encode(" zebrafish")) > 3
     assert b" zebrafish" not in {tokenizer.decode_bytes([i]) for i in range(tokenizer.vocab_size)}
+
+
+def test_prepare_alone_prepares_what_pretrain_then_finds_cached(tmp_path):
+    """python prepare.py with a pretrain.py config file (whose other settings it skips) makes the split, the
+    tokenizer and the ids, and says where; a following pretrain.py run trains and encodes nothing again."""
+    corpus = tmp_path / "corpus.txt"
+    make_corpus(corpus, n_words=3000)
+    for config in ("small.py", "gpt2_small.py"):
+        result = run_script("prepare.py", [os.path.join(REPO, "config", config), *prepare_args(tmp_path, corpus)])
+        assert ("trained a tokenizer" in result.stdout) == (config == "small.py")
+    cached = {path: path.stat().st_mtime_ns for path in (tmp_path / "cache").iterdir()}
+    assert len(cached) == 5 and all(str(path) in result.stdout for path in cached if path.suffix != ".txt")
+    result = run_script("pretrain.py", tiny_args(tmp_path, corpus, max_iters=0))
+    assert "trained a tokenizer" not in result.stdout and "encoded" not in result.stdout
+    assert {path: path.stat().st_mtime_ns for path in (tmp_path / "cache").iterdir()} == cached
+    result = run_script("prepare.py", [*prepare_args(tmp_path, corpus), "--max_iters=3"], check=False)
+    assert result.returncode != 0 and "unknown setting 'max_iters' in the command line" in result.stderr
+
+
+def test_prepare_settings_are_pretrains_data_settings_with_its_defaults():
+    import prepare
+    import pretrain
+    for name in ("data_path", "cache_dir", "vocab_size", "val_fraction"):
+        assert getattr(prepare, name) == getattr(pretrain, name), name
+
+
+def test_prepare_file_that_is_not_utf8_is_one_sentence_and_leaves_nothing_in_the_cache(tmp_path):
+    path = tmp_path / "latin1.txt"
+    path.write_bytes("café au lait\n".encode("latin-1") * 50)
+    result = run_script("prepare.py", prepare_args(tmp_path, path), check=False)
+    assert result.returncode != 0 and "latin1.txt is not UTF-8 text" in result.stderr
+    assert "Traceback" not in result.stderr and list((tmp_path / "cache").iterdir()) == []
 
 
 def test_finetune_special_token_text_in_a_prompt_or_response_stays_plain_text(ft_tokenizer):
@@ -1646,7 +1691,7 @@ def test_pretrain_settings_and_data_that_cannot_work_are_one_sentence(tmp_path, 
     assert "Traceback" not in result.stderr
 
 
-def test_pretrain_downloads_two_urls_with_the_same_file_name_to_two_files(tmp_path):
+def test_prepare_downloads_two_urls_with_the_same_file_name_to_two_files(tmp_path):
     import http.server
     import threading
     for name, seed in (("a", 0), ("b", 1)):
@@ -1658,7 +1703,7 @@ def test_pretrain_downloads_two_urls_with_the_same_file_name_to_two_files(tmp_pa
     try:
         for name in ("a", "b"):
             url = f"http://127.0.0.1:{server.server_address[1]}/{name}/input.txt"
-            run_script("pretrain.py", tiny_args(tmp_path, url, max_iters=0))
+            run_script("prepare.py", prepare_args(tmp_path, url))
     finally:
         server.shutdown()
     downloads = sorted((tmp_path / "cache").glob("*input.txt"))
@@ -1683,6 +1728,23 @@ def test_sample_bad_settings_are_one_sentence(tiny_run, override, message):
 def test_sample_without_a_checkpoint_says_how_to_train_one(tmp_path):
     result = run_script("sample.py", [f"--out_dir={tmp_path}"], check=False)
     assert result.returncode != 0 and "python pretrain.py" in result.stderr
+
+
+def test_sample_keeps_the_end_of_a_prompt_too_long_for_the_context_and_says_so(tiny_run, tmp_path):
+    out_dir = tiny_run[0] / "out"
+    long_prompt = " the cat sat on a mat." * 40
+    tokenizer = Tokenizer.load(out_dir / "tokenizer.json")
+    result = run_script("sample.py", [f"--out_dir={out_dir}", f"--start={long_prompt}", "--max_new_tokens=2"])
+    n_ids = len(tokenizer.encode(long_prompt))
+    assert f"[the prompt has {n_ids} tokens, more than fit the context; keeping the last 32]" in result.stderr
+    # as a fine-tuned run: <|prompt|>, <|response|> and one answer token take 3 of the 32 positions
+    shutil.copytree(out_dir, tmp_path / "ft")
+    checkpoint = load_checkpoint(tmp_path / "ft" / "ckpt.pt")
+    template = {"prompt": "<|prompt|>", "response": "<|response|>", "end": "<|endoftext|>", "rating_token": None}
+    save_checkpoint({**checkpoint, "kind": "finetune", "template": template}, tmp_path / "ft" / "ckpt.pt")
+    result = run_script("sample.py", [f"--out_dir={tmp_path / 'ft'}", f"--start={long_prompt}", "--max_new_tokens=2"])
+    n_ids = len(tokenizer.encode(long_prompt.strip()))
+    assert f"[the prompt has {n_ids} tokens, more than fit the context; keeping the last 29]" in result.stderr
 
 
 # ====================================================================================================
@@ -1736,7 +1798,7 @@ def test_default_fine_tune_data_is_what_its_generator_writes_and_has_the_promise
 
 
 def test_default_checks_pass_every_5_rated_answer_and_fail_every_answer_rated_1_or_2():
-    """Run in finetune.py's sandbox, as fine-tuned answers are: every candidate answer the generator writes for a
+    """Run in sandbox.py, as fine-tuned answers are: every candidate answer the generator writes for a
     prompt with checks, and every row of the CSV for one."""
     generator = fine_tune_data_generator()
     checks = generator.checks_by_prompt()
@@ -1747,11 +1809,11 @@ def test_default_checks_pass_every_5_rated_answer_and_fail_every_answer_rated_1_
         prompt, by_rating = generator.answers_for("def", task, rng, unhelpful)
         answers += [(prompt, response, rating) for rating in (1, 2, 5) for response in by_rating[rating]]
     answers = list(dict.fromkeys(answers))  # the CSV repeats some candidates
-    passed = finetune.run_checks([(response, checks[prompt]) for prompt, response, _ in answers], 2.0, 512)
+    passed = sandbox.run_checks([(response, checks[prompt]) for prompt, response, _ in answers], 2.0, 512)
     good = [ok for (_, _, rating), ok in zip(answers, passed) if rating == 5]
     bad = [(response, ok) for (_, response, rating), ok in zip(answers, passed) if rating <= 2]
     assert len(good) == len(checks) and all(good)  # one 5-rated answer a prompt
-    assert sum(finetune.defines_function(response) for response, _ in bad) > len(checks)  # many wrong ones are code
+    assert sum(sandbox.defines_function(response) for response, _ in bad) > len(checks)  # many wrong ones are code
     assert not any(ok for _, ok in bad), [response for response, ok in bad if ok][:3]
 
 
@@ -1951,23 +2013,23 @@ def test_finetune_a_tiny_finetune_lowers_the_response_loss(tmp_path, ft_tokenize
     assert after < 0.5 * before
 
 
-# ---- finetune.py: judging model-written answers ---------------------------------------------------
+# ---- sandbox.py: judging model-written answers ----------------------------------------------------
 
-def test_parse_rate_counts_answers_that_parse_and_define_a_function():
-    assert finetune.defines_function("def f(x):\n    return x")
-    assert finetune.defines_function("import math\n\nasync def g():\n    pass")
-    assert not finetune.defines_function("x = 1")  # Python, but no function
-    assert not finetune.defines_function("defdef ps(xs):\n    return")
-    assert not finetune.defines_function("def f(x):\n    return x\x00")
+def test_sandbox_parse_rate_counts_answers_that_parse_and_define_a_function():
+    assert sandbox.defines_function("def f(x):\n    return x")
+    assert sandbox.defines_function("import math\n\nasync def g():\n    pass")
+    assert not sandbox.defines_function("x = 1")  # Python, but no function
+    assert not sandbox.defines_function("defdef ps(xs):\n    return")
+    assert not sandbox.defines_function("def f(x):\n    return x\x00")
 
 
-def test_run_checks_passes_an_answer_only_when_every_check_is_true():
+def test_sandbox_run_checks_passes_an_answer_only_when_every_check_is_true():
     add_one = "def f(x):\n    return x + 1"
     jobs = [(add_one, ["f(1) == 2", "f(-1) == 0"]), (add_one, ["f(1) == 2", "f(1) == 3"]), (add_one, [])]
-    assert finetune.run_checks(jobs, 2.0, 512) == [True, False, True]
+    assert sandbox.run_checks(jobs, 2.0, 512) == [True, False, True]
 
 
-def test_run_checks_fails_answers_that_hang_exhaust_memory_crash_raise_or_exit_early_and_goes_on():
+def test_sandbox_run_checks_fails_answers_that_hang_exhaust_memory_crash_raise_or_exit_early_and_goes_on():
     jobs = [("def f():\n    while True:\n        pass", ["f()"]),
             ("def f():\n    import time\n    time.sleep(60)", ["f()"]),
             ("def f():\n    xs = []\n    while True:\n        xs.append(bytearray(1 << 20))", ["f()"]),
@@ -1978,19 +2040,31 @@ def test_run_checks_fails_answers_that_hang_exhaust_memory_crash_raise_or_exit_e
             ("print('[true]')\ndef f():\n    return False", ["f()"]),  # printing cannot pass it
             ("def f():\n    return 1", ["f() == 1"])]
     start = time.time()
-    assert finetune.run_checks(jobs, 1.0, 256) == [False] * 8 + [True]
+    assert sandbox.run_checks(jobs, 1.0, 256) == [False] * 8 + [True]
     assert time.time() - start < 30  # each hang ends at its limit
 
 
-def test_run_checks_gives_answers_an_empty_environment_and_a_temporary_directory_that_is_removed(tmp_path,
-                                                                                                monkeypatch):
+def test_sandbox_run_checks_gives_answers_an_empty_environment_and_a_temporary_directory_that_is_removed(
+        tmp_path, monkeypatch):
     monkeypatch.setenv("A_SECRET_OF_THE_CALLER", "1")
-    monkeypatch.setattr(finetune.tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setattr(sandbox.tempfile, "tempdir", str(tmp_path))
     answer = "import os\nopen('left.txt', 'w').write('x')\ndef f():\n    return os.environ, os.getcwd()"
     checks = ["'A_SECRET_OF_THE_CALLER' not in f()[0] and 'PATH' not in f()[0]",
               f"f()[1].startswith({str(tmp_path)!r}) and os.path.exists('left.txt')"]
-    assert finetune.run_checks([(answer, checks)], 2.0, 512) == [True]
+    assert sandbox.run_checks([(answer, checks)], 2.0, 512) == [True]
     assert os.listdir(tmp_path) == []
+
+
+def test_sandbox_kills_the_processes_an_answer_leaves_running(tmp_path):
+    pid_path = tmp_path / "pid"
+    answer = (f"import subprocess\nchild = subprocess.Popen(['sleep', '60'])\n"
+              f"open({str(pid_path)!r}, 'w').write(str(child.pid))\ndef f():\n    return True")
+    assert sandbox.run_checks([(answer, ["f()"])], 2.0, 512) == [True]
+    stat_path = f"/proc/{int(pid_path.read_text())}/stat"
+    deadline = time.time() + 10
+    while os.path.exists(stat_path) and open(stat_path).read().rsplit(")", 1)[1].split()[0] != "Z":
+        assert time.time() < deadline, "the answer's sleep outlived its check"
+        time.sleep(0.05)
 
 
 # ---- finetune.py: bad input, one sentence each -----------------------------------------------------
@@ -2087,10 +2161,10 @@ def test_finetune_refuses_another_tokenizer_and_the_pretrained_out_dir(tmp_path,
     with pytest.raises(SystemExit, match="no pretrained checkpoint at .*python pretrain.py"):
         finetune.resolve_init(str(tmp_path / "nowhere"), str(tmp_path / "x"))
     checkpoint = load_checkpoint(path)
-    assert finetune.check_tokenizer(checkpoint, path) == os.path.join(run_dir, "tokenizer.json")
+    assert finetune.checked_tokenizer_path(checkpoint, path) == os.path.join(run_dir, "tokenizer.json")
     Tokenizer.train("something else entirely " * 20, 270, SPECIAL_TOKENS).save(os.path.join(run_dir, "tokenizer.json"))
     with pytest.raises(SystemExit, match="is not the tokenizer .*ckpt.pt was trained with"):
-        finetune.check_tokenizer(checkpoint, path)
+        finetune.checked_tokenizer_path(checkpoint, path)
 
 
 # ---- finetune.py end to end ---------------------------------------------------------------------------
@@ -2162,11 +2236,11 @@ def test_finetune_answer_checks_judge_the_answer_sample_py_writes_to_each_held_o
         written = run_script("sample.py", [f"--out_dir={tmp_path / 'a'}", f"--start={prompt}", "--temperature=0",
                                            "--max_new_tokens=12"]).stdout
         assert written == answer + "\n"
-    passes = finetune.run_checks([(answer, ["True"]) for answer in answers["answer"]], 2.0, 512)
-    assert answers["parses"].tolist() == [str(finetune.defines_function(a)) for a in answers["answer"]]
+    passes = sandbox.run_checks([(answer, ["True"]) for answer in answers["answer"]], 2.0, 512)
+    assert answers["parses"].tolist() == [str(sandbox.defines_function(a)) for a in answers["answer"]]
     assert answers["passes"].tolist() == [str(p) for p in passes]
     assert (f"greedy answers to the 2 held-out prompts with checks: parse rate "
-            f"{sum(map(finetune.defines_function, answers['answer'])) / 2:.0%}, pass rate {sum(passes) / 2:.0%}"
+            f"{sum(map(sandbox.defines_function, answers['answer'])) / 2:.0%}, pass rate {sum(passes) / 2:.0%}"
             in result.stdout)
 
 
@@ -2455,3 +2529,302 @@ def test_sample_answers_in_the_fine_tuning_template_and_prints_only_the_response
         assert run_script("sample.py", [*common, f"--start={start}"]).stdout == expected
     chat = run_script("sample.py", [*common, "--chat=True", "--start=Repeat cat."], input="")  # then Ctrl-D
     assert chat.stdout.startswith(expected)
+
+
+# ====================================================================================================
+# export to Hugging Face transformers: export.py
+# ====================================================================================================
+
+import importlib  # noqa: E402 (this section's own imports: transformers itself is optional, see the fixture)
+import itertools  # noqa: E402
+import runpy  # noqa: E402
+
+import export  # noqa: E402
+from common import answer_ids  # noqa: E402
+from sample import load_run  # noqa: E402
+
+
+def stdlib_source(*modules):
+    """The source of some standard-library modules: Python text that a tokenizer may not have seen."""
+    texts = []
+    for name in modules:
+        with open(importlib.import_module(name).__file__, encoding="utf-8") as f:
+            texts.append(f.read())
+    return "".join(texts)
+
+
+def random_unicode(n_bytes, seed):
+    """About n_bytes of UTF-8 from a seeded RNG: code points from every plane (surrogates cannot be encoded; no
+    U+FFFD, which a test below reads as an unfinished character), with more of what splitting is sensitive to:
+    ASCII, controls, separators, combining marks, CRLF and lone CR, long runs of spaces and digits, contractions
+    in odd cases, numerals that Python counts as letters."""
+    rng = random.Random(seed)
+    tricky = ["\r\n", "\r", "\n", "\t", "\x0b\x0c", "\x1c\x1d\x1e\x1f", "\x85", "\xa0", "\u2028", "\u3000", "_",
+              "'s", "'S", "'\u017f", "'LL", "'Ve", "'re", "\u212a", "\u0130", "\u00df", "²", "½", "Ⅻ", "٣", "𝟙", "‿"]
+    pieces, size = [], 0
+    while size < n_bytes:
+        kind = rng.random()
+        if kind < 0.3:
+            piece = chr(rng.randrange(0x20, 0x7F))
+        elif kind < 0.35:
+            piece = chr(rng.randrange(0x20))
+        elif kind < 0.45:
+            piece = rng.choice(tricky)
+        elif kind < 0.48:
+            piece = " " * rng.randrange(1, 80)
+        elif kind < 0.51:
+            piece = "".join(rng.choices("0123456789", k=rng.randrange(1, 40)))
+        elif kind < 0.56:
+            piece = chr(rng.randrange(0x300, 0x370))  # combining marks
+        elif kind < 0.7:
+            piece = chr(rng.randrange(0x80, 0x3000))  # most scripts' letters, digits and marks
+        else:
+            code = rng.randrange(0x110000 - 0x800)
+            piece = chr(code + 0x800 if code >= 0xD800 else code).replace("\ufffd", "?")
+        pieces.append(piece)
+        size += len(piece.encode("utf-8"))
+    return "".join(pieces)
+
+
+@pytest.fixture(scope="module")
+def exported(request, ft_tokenizer, tmp_path_factory):
+    """Runs and their exports, {name: (run folder, exported folder)}. 'pretrained': tiny_run (pretrain.py, with
+    biases, 32 positions), exported as the command line does. 'finetuned': four steps of condition-mode fine-tuning
+    of a run with 64 positions. 'code': no biases, a tokenizer trained on Python source, random weights moved well
+    away from their initial scale."""
+    for package in ("transformers", "tokenizers", "safetensors"):
+        pytest.importorskip(package)
+    tiny_run = request.getfixturevalue("tiny_run")  # after the check: without transformers, no run is trained
+    tmp = tmp_path_factory.mktemp("export")
+    pretrained_run(tmp / "out", ft_tokenizer, max_seq_len=64)
+    write_csv(tmp / "d.csv", ft_rows())
+    run_finetune(ft_args(tmp, "finetuned", rating_mode="condition", max_iters=4, eval_interval=4))
+    code = tmp / "code"
+    code.mkdir()
+    source = stdlib_source("json.decoder", "json.encoder", "textwrap", "string")
+    tokenizer = Tokenizer.train(source, 1024, SPECIAL_TOKENS)
+    tokenizer.save(code / "tokenizer.json")
+    config = GPTConfig(vocab_size=tokenizer.vocab_size, d_model=32, n_heads=2, n_layers=2, d_ff=64, max_seq_len=64,
+                       bias=False)
+    torch.manual_seed(0)
+    model = GPT(config)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    with open(code / "tokenizer.json", "rb") as f:
+        sha = hashlib.sha256(f.read()).hexdigest()
+    save_checkpoint({"kind": "pretrain", "model": model.state_dict(), "model_config": dataclasses.asdict(config),
+                     "tokenizer_path": "tokenizer.json", "tokenizer_sha256": sha, "iter_num": 0}, code / "ckpt.pt")
+    runs = {"pretrained": tiny_run[0] / "out", "finetuned": tmp / "finetuned", "code": code}
+    argv, sys.argv = sys.argv, ["export.py", f"--out_dir={runs['pretrained']}", f"--to={tmp / 'pretrained-hf'}"]
+    try:  # the command line, in this process: transformers is imported once
+        runpy.run_path(os.path.join(REPO, "export.py"), run_name="__main__")
+    finally:
+        sys.argv = argv
+    for name in ("finetuned", "code"):
+        export.export(str(runs[name]), str(tmp / f"{name}-hf"))
+    return {name: (run, tmp / f"{name}-hf") for name, run in runs.items()}
+
+
+@pytest.fixture(scope="module")
+def export_pair(exported):
+    """export_pair(name) -> (model, tokenizer, checkpoint, transformers model, transformers tokenizer), loaded once."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    loaded = {}
+
+    def load(name):
+        if name not in loaded:
+            run, folder = exported[name]
+            loaded[name] = (*load_run(str(run), "cpu"), AutoModelForCausalLM.from_pretrained(folder),
+                            AutoTokenizer.from_pretrained(folder))
+        return loaded[name]
+    return load
+
+
+def random_ids(model, rows, seed):
+    return torch.randint(0, model.config.vocab_size, (rows, model.config.max_seq_len),
+                         generator=torch.Generator().manual_seed(seed))
+
+
+def test_export_writes_a_gpt2_folder_with_every_setting_from_the_run(exported, export_pair):
+    for name, (run, folder) in exported.items():
+        model, tokenizer, checkpoint, hf, hf_tok = export_pair(name)
+        c, end = model.config, tokenizer.special_tokens["<|endoftext|>"]
+        assert type(hf).__name__ == "GPT2LMHeadModel" and hf.dtype == torch.float32
+        want = dict(n_positions=c.max_seq_len, n_embd=c.d_model, n_layer=c.n_layers, n_head=c.n_heads, n_inner=c.d_ff,
+                    vocab_size=c.vocab_size, bos_token_id=end, eos_token_id=end, pad_token_id=end,
+                    activation_function="gelu", layer_norm_epsilon=1e-5, tie_word_embeddings=True)
+        assert {k: getattr(hf.config, k) for k in want} == want
+        assert hf.config.resid_pdrop == hf.config.embd_pdrop == hf.config.attn_pdrop == 0
+        assert hf.lm_head.weight.data_ptr() == hf.transformer.wte.weight.data_ptr()
+        assert torch.equal(hf.transformer.wpe.weight, model.pos_enc.table * model.pos_enc.scale)
+        attn, block = hf.transformer.h[1].attn, model.blocks[1]
+        assert torch.equal(attn.c_attn.weight, block.attn.qkv.weight.t())  # Conv1D: (in, out)
+        zero = lambda n: torch.zeros(n)  # GPT-2 always has biases: a run without them exports zeros
+        assert torch.equal(attn.c_attn.bias, block.attn.qkv.bias if c.bias else zero(3 * c.d_model))
+        assert torch.equal(hf.transformer.ln_f.bias, model.ln_f.bias if c.bias else zero(c.d_model))
+        assert (hf_tok.bos_token, hf_tok.eos_token, hf_tok.pad_token) == ("<|endoftext|>",) * 3
+        files = set(os.listdir(folder))
+        assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "README.md"} <= files
+        assert ("chat_template.jinja" in files) == (name == "finetuned")
+        with open(folder / "README.md", encoding="utf-8") as f:
+            assert "AutoModelForCausalLM.from_pretrained" in f.read()
+        assert not [f for f in os.listdir(folder.parent) if ".tmp" in f]
+    assert export_pair("pretrained")[0].config.bias and not export_pair("code")[0].config.bias
+
+
+@pytest.mark.parametrize("name", ["pretrained", "finetuned", "code"])
+def test_export_logits_and_greedy_tokens_match_the_run(export_pair, name):
+    """Within 1e-5 in float32; greedy generation the same for 50 tokens, or up to the context: transformers' GPT-2 has
+    max_seq_len positions and no sliding window, so prompt and new tokens must fit in them."""
+    model, tokenizer, checkpoint, hf, hf_tok = export_pair(name)
+    ids = random_ids(model, 2, seed=0)
+    with torch.no_grad():
+        assert (hf(ids).logits - model(ids)[0]).abs().max().item() < 1e-5
+    if checkpoint["kind"] == "finetune":
+        prompt = hf_tok.apply_chat_template([{"role": "user", "content": "Repeat cat."}], add_generation_prompt=True,
+                                            return_dict=False)
+        assert prompt == answer_ids(tokenizer, checkpoint["template"], "Repeat cat.", model.config.max_seq_len)[0]
+    else:
+        prompt = hf_tok("def f(x):")["input_ids"]
+    n_new = min(50, model.config.max_seq_len - len(prompt))
+    assert n_new == 50 or name == "pretrained"
+    ours = model.generate(torch.tensor([prompt]), n_new, temperature=0)
+    theirs = hf.generate(torch.tensor([prompt]), max_new_tokens=n_new, do_sample=False, eos_token_id=None)  # no stop
+    assert ours.tolist() == theirs.tolist() and ours.size(1) == len(prompt) + n_new
+
+
+def test_export_token_ids_equal_bpe_on_code_random_unicode_and_special_tokens(export_pair):
+    model, tokenizer, checkpoint, hf, hf_tok = export_pair("code")
+    source = stdlib_source("difflib", "argparse", "dataclasses")  # not what the tokenizer was trained on
+    assert hf_tok(source, split_special_tokens=True)["input_ids"] == tokenizer.encode(source)
+    text = random_unicode(1_000_000, seed=0)
+    assert hf_tok(text, split_special_tokens=True)["input_ids"] == tokenizer.encode(text)
+    # the split itself, on every code point once, in order: where Python's re and Oniguruma read a class differently
+    # (\w, \d, \s outside ASCII), runs of one class break at other places
+    every = "".join(map(chr, itertools.chain(range(0xD800), range(0xE000, 0x110000))))
+    pre_tokenizer = hf_tok.backend_tokenizer.pre_tokenizer
+    spans = [m.span() for m in re.finditer(SPLIT_PATTERN, every)]
+    assert [span for _, span in pre_tokenizer.pre_tokenize_str(every)] == spans
+    # special tokens: transformers matches them in text unless split_special_tokens=True; bpe.py only when allowed
+    for text in ["a<|endoftext|>b", "<|prompt|> x <|response|>\n<|rating_5|>", "<|endoftext", "<|endoftext|>" * 2]:
+        assert hf_tok(text)["input_ids"] == tokenizer.encode(text, allowed_special="all")
+        assert hf_tok(text, split_special_tokens=True)["input_ids"] == tokenizer.encode(text)
+    assert hf_tok("a<|endoftext|>b")["input_ids"] != tokenizer.encode("a<|endoftext|>b")
+
+
+def test_export_decoding_agrees_with_bpe_streaming_included(export_pair):
+    from transformers import TextStreamer
+    model, tokenizer, checkpoint, hf, hf_tok = export_pair("code")
+    rng = random.Random(0)
+    ids = tokenizer.encode(random_unicode(3000, seed=1) + "<|endoftext|>", allowed_special="all")
+    id_runs = [ids] + [[rng.randrange(tokenizer.vocab_size) for _ in range(rng.randrange(30))] for _ in range(300)]
+    for run in id_runs:  # the random runs hold bytes that are no UTF-8 character, and special tokens
+        assert hf_tok.decode(run) == tokenizer.decode(run)
+
+    class Collect(TextStreamer):  # transformers' own streamer, keeping what it would print
+        def on_finalized_text(self, text, stream_end=False):
+            self.pieces.append(text)
+    for run in id_runs[:20]:  # fed one token at a time, as generate() feeds it
+        streamer = Collect(hf_tok)
+        streamer.pieces = []
+        for i in run:
+            streamer.put(torch.tensor([i]))
+        streamer.end()
+        assert "".join(streamer.pieces) == "".join(tokenizer.decode_stream(run)) == tokenizer.decode(run)
+    # growing prefixes, holding back an unfinished character (U+FFFD at the end), give decode_stream's pieces
+    pieces, shown = [], ""
+    for n in range(1, len(ids) + 1):
+        text = hf_tok.decode(ids[:n]).rstrip("\ufffd")
+        if len(text) > len(shown):
+            pieces.append(text[len(shown):])
+            shown = text
+    assert pieces == list(tokenizer.decode_stream(ids)) and len(pieces) > 1000
+
+
+def test_export_chat_template_asks_as_answer_ids(export_pair):
+    from jinja2 import TemplateError
+    model, tokenizer, checkpoint, hf, hf_tok = export_pair("finetuned")
+    template, L = checkpoint["template"], model.config.max_seq_len
+    assert template["rating_token"]  # condition mode: the rating is part of the question
+    chat = lambda content, **kw: hf_tok.apply_chat_template([{"role": "user", "content": content}],
+                                                            add_generation_prompt=True, return_dict=False, **kw)
+    for prompt in ["Repeat cat.", "  Repeat dog.\n", "x", "naïve café ²", "def f(x):\r\n    return x\n", ""]:
+        assert chat(prompt) == answer_ids(tokenizer, template, prompt, L)[0]
+        for rating in range(1, 6):
+            assert chat(prompt, rating=rating) == answer_ids(tokenizer, template, prompt, L, rating)[0]
+    with pytest.raises(TemplateError, match="rating must be 1 to 5"):
+        chat("x", rating=6)
+    with pytest.raises(TemplateError, match="answers one user message"):
+        hf_tok.apply_chat_template([{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}])
+    # special-token text in a message: a control token by default, as in every transformers chat template; plain
+    # text with sanitize_control_tokens=True (encoded in pieces around it, where bpe.py encodes the message whole)
+    prompt_id = tokenizer.special_tokens["<|prompt|>"]
+    assert chat("a <|prompt|> b").count(prompt_id) == 2
+    sanitized = chat("a <|prompt|> b", sanitize_control_tokens=True)
+    assert sanitized.count(prompt_id) == 1 and hf_tok.decode(sanitized[2:-1]) == "a <|prompt|> b"
+
+
+def test_export_survives_loading_and_saving_again_with_transformers(export_pair, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    model, tokenizer, checkpoint, hf, hf_tok = export_pair("finetuned")
+    hf.save_pretrained(tmp_path)
+    hf_tok.save_pretrained(tmp_path)
+    hf2, hf_tok2 = AutoModelForCausalLM.from_pretrained(tmp_path), AutoTokenizer.from_pretrained(tmp_path)
+    ids = random_ids(model, 1, seed=1)
+    with torch.no_grad():
+        assert (hf2(ids).logits - model(ids)[0]).abs().max().item() < 1e-5
+    text = random_unicode(20_000, seed=2) + "<|endoftext|>"
+    assert hf_tok2(text)["input_ids"] == tokenizer.encode(text, allowed_special="all")
+    assert hf_tok2(text, split_special_tokens=True)["input_ids"] == tokenizer.encode(text)
+    chat = [{"role": "user", "content": "Repeat cat."}]
+    assert hf_tok2.apply_chat_template(chat, add_generation_prompt=True, return_dict=False) == \
+        answer_ids(tokenizer, checkpoint["template"], "Repeat cat.", model.config.max_seq_len)[0]
+
+
+def test_export_bfloat16_halves_the_weights_and_stays_close(exported, export_pair, tmp_path):
+    from safetensors import safe_open
+    from transformers import AutoModelForCausalLM
+    run, folder = exported["code"]
+    export.export(str(run), str(tmp_path / "bf16"), "bfloat16")
+    with safe_open(tmp_path / "bf16" / "model.safetensors", "pt") as f:
+        assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"BF16"}
+    model = export_pair("code")[0]
+    hf = AutoModelForCausalLM.from_pretrained(tmp_path / "bf16")
+    ids = random_ids(model, 2, seed=0)
+    with torch.no_grad():
+        ours, theirs = model(ids)[0], hf(ids).logits.float()
+    assert (ours - theirs).abs().max() < 0.05 * ours.abs().max()
+    size = lambda folder: os.path.getsize(folder / "model.safetensors")
+    assert size(tmp_path / "bf16") < 0.6 * size(folder)
+
+
+def test_export_refuses_bad_input_in_one_sentence_and_leaves_nothing_behind(exported, tmp_path, monkeypatch):
+    run = exported["code"][0]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit, match="no checkpoint at .*ckpt.pt"):
+        export.export(str(tmp_path / "empty"), str(tmp_path / "a"))
+    other = tmp_path / "other"
+    shutil.copytree(run, other)
+    Tokenizer.train("something else entirely " * 20, 270, SPECIAL_TOKENS).save(other / "tokenizer.json")
+    with pytest.raises(SystemExit, match="is not the tokenizer .*ckpt.pt was trained with"):
+        export.export(str(other), str(tmp_path / "a"))
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "keep.txt").write_text("mine")
+    with pytest.raises(SystemExit, match="exists and is not an empty folder"):
+        export.export(str(run), str(tmp_path / "full"))
+    with pytest.raises(SystemExit, match="dtype must be float32 or bfloat16"):
+        export.export(str(run), str(tmp_path / "a"), "float16")
+    monkeypatch.setattr(export, "folder_readme", lambda *args: 1 / 0)  # a failure half-way through writing
+    with pytest.raises(ZeroDivisionError):
+        export.export(str(run), str(tmp_path / "a"))
+    monkeypatch.setitem(sys.modules, "transformers", None)  # as if it were not installed
+    with pytest.raises(SystemExit, match="needs transformers: pip install transformers tokenizers safetensors"):
+        export.export(str(run), str(tmp_path / "a"))
+    assert sorted(os.listdir(tmp_path)) == ["empty", "full", "other"]
+    assert os.listdir(tmp_path / "full") == ["keep.txt"] and not os.listdir(tmp_path / "empty")
+    # tokenizers that a transformers vocabulary cannot hold exactly: another split pattern; two ids for one string
+    with pytest.raises(SystemExit, match="pattern other than bpe.SPLIT_PATTERN"):
+        export.hf_tokenizer(Tokenizer([(97, 98)], ["<|endoftext|>"], pattern=r"\S+|\s+"))
+    with pytest.raises(SystemExit, match="two merges of this tokenizer make the same bytes"):
+        export.hf_tokenizer(Tokenizer([(97, 98), (256, 99), (98, 99), (97, 258)], ["<|endoftext|>"]))
