@@ -623,7 +623,7 @@ if __name__ == "__main__":
                          f"with init_from=out")
     start_path = checkpoint_path if init_from == "resume" else resolve_init(init_from, out_dir)
     try:
-        checkpoint = load_checkpoint(start_path, map_location=run_device)
+        checkpoint = load_checkpoint(start_path)  # on the CPU: the weights and optimizer states are copied where they train
     except ValueError as e:  # a cut-off or foreign file
         raise SystemExit(str(e))
     if init_from == "resume":

@@ -24,8 +24,8 @@ from tqdm import tqdm
 
 from configurator import configure
 from common import (append_log, autocast_for, copy_tokenizer, keep_freed_memory, load_checkpoint,
-                    load_optimizer_states, measure_peak_flops, non_finite_stop, pick_device, pick_dtype,
-                    pick_optimizer, restore_rng_state, rng_state, save_checkpoint, stop_on_ctrl_c)
+                    load_optimizer_states, non_finite_stop, peak_flops, pick_device, pick_dtype, pick_optimizer,
+                    restore_rng_state, rng_state, save_checkpoint, stop_on_ctrl_c)
 from model import GPT, GPTConfig
 from prepare import check_data_settings, prepare_data
 
@@ -211,11 +211,11 @@ if __name__ == "__main__":
     run_dtype = pick_dtype(dtype, run_device)
     run_optimizer = pick_optimizer(optimizer, run_device)
     autocast = autocast_for(device_type, run_dtype)
-    peak_flops = measure_peak_flops(run_device, getattr(torch, run_dtype))
     torch.manual_seed(seed)  # the same initial weights on every rank
-    if device_type == "cuda":
+    if device_type == "cuda":  # before the peak is timed, so that a float32 run is measured as it trains
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+    peak, peak_source = peak_flops(run_device, getattr(torch, run_dtype))
 
     # -------------------------------------------------------------------------
     # data: prepare.py makes the corpus, tokenizer and token ids that are not cached yet. Under torchrun the master
@@ -317,7 +317,8 @@ if __name__ == "__main__":
     if master:
         print(f"{raw_model.num_params() / 1e6:.2f}M parameters, {n_tokens:,} tokens "
               f"({n_train_tokens:,} for training), {tokens_per_iter:,} tokens per iteration, "
-              f"{max_iters} iterations on {run_device} x {world_size}, {run_dtype}, {run_optimizer}")
+              f"{max_iters} iterations on {run_device} x {world_size}, {run_dtype}, {run_optimizer}; MFU against "
+              f"{peak / 1e12:.3g} TFLOP/s per process, {peak_source}")
     progress = tqdm(total=max_iters, initial=iter_num, disable=not master, dynamic_ncols=True)
     run_start = time.time()
     step_time, tokens_per_sec, mfu = 0.0, 0.0, 0.0
@@ -376,7 +377,7 @@ if __name__ == "__main__":
                 group["lr"] = group["peak_lr"] * scale
                 if isinstance(opt, torch.optim.Muon):
                     group["momentum"] = muon_momentum_at(iter_num)
-        step_loss = 0.0
+        step_loss = torch.zeros((), device=run_device)  # summed on the device: one sync per step, not per micro-step
         for micro_step in range(accum_per_rank):
             x, y = get_batch(ids_paths["train"], ids_dtype, data_generator, run_device)
             if world_size > 1:  # synchronise gradients only on the last micro-step
@@ -384,7 +385,8 @@ if __name__ == "__main__":
             with autocast:
                 loss = model(x, y)[1] / accum_per_rank
             loss.backward()
-            step_loss += loss.item()
+            step_loss += loss.detach()
+        step_loss = step_loss.item()
         if not math.isfinite(step_loss):
             raise non_finite_stop("loss", step_loss, iter_num, checkpoint_path, last_saved_iter)
         if grad_clip > 0:
@@ -396,7 +398,7 @@ if __name__ == "__main__":
 
         step_time = 0.9 * step_time + 0.1 * (time.time() - t0) if iter_num - start_iter > 1 else time.time() - t0
         tokens_per_sec = tokens_per_iter / step_time
-        mfu = flops_per_iter / step_time / (peak_flops * world_size)
+        mfu = flops_per_iter / step_time / (peak * world_size)
         progress.update(1)
         if iter_num % 10 == 0:
             progress.set_postfix(loss=f"{step_loss:.3f}", tok_s=f"{tokens_per_sec:,.0f}", mfu=f"{mfu:.0%}",

@@ -38,7 +38,7 @@ def load_run(run_dir, run_device):
         raise SystemExit(f"no checkpoint at {checkpoint_path}; train one with `python pretrain.py config/small.py` "
                          f"or point --out_dir at a run")
     try:
-        checkpoint = load_checkpoint(checkpoint_path, map_location=run_device)
+        checkpoint = load_checkpoint(checkpoint_path)  # on the CPU: only the weights go to run_device
     except ValueError as e:  # a cut-off or foreign file
         raise SystemExit(str(e))
     tokenizer = Tokenizer.load(checked_tokenizer_path(checkpoint, checkpoint_path))
