@@ -1,8 +1,8 @@
 """
-What the training and sampling scripts share, and nothing else: the device, dtype and optimizer to run with, an
-allocator setting for CPU training, a peak-FLOPs probe, checkpoints and the tokenizer that goes with them, random
-state, the CSV log and stopping on Ctrl-C. It imports only torch and the standard library; model.py needs none
-of it, so that file can be copied alone.
+What the training and sampling scripts share, and nothing else: refusing impossible settings, the device, dtype and
+optimizer to run with, an allocator setting for CPU training, a peak-FLOPs probe, checkpoints (optimizer states
+included) and the tokenizer that goes with them, random state, the CSV log and stopping on Ctrl-C. It imports only
+torch and the standard library; model.py needs none of it, so that file can be copied alone.
 """
 import csv
 import ctypes
@@ -15,6 +15,7 @@ import time
 from contextlib import nullcontext
 
 import torch
+from torch.nn import functional as F
 
 # the special tokens every tokenizer reserves: documents end with the first, fine-tuning's template uses the rest
 PROMPT, RESPONSE, END = "<|prompt|>", "<|response|>", "<|endoftext|>"
@@ -22,7 +23,15 @@ SPECIAL_TOKENS = [END, PROMPT, RESPONSE] + [f"<|rating_{r}|>" for r in range(1, 
 
 
 # -----------------------------------------------------------------------------
-# device, dtype, optimizer
+# settings, device, dtype, optimizer
+
+def check_settings(problems):
+    """Stop at the first (wrong, sentence) of problems whose wrong is true, with its sentence: a setting that cannot
+    work is refused in one sentence before any slow work."""
+    for wrong, sentence in problems:
+        if wrong:
+            raise SystemExit(sentence)
+
 
 def pick_device(name="auto"):
     """'auto' picks cuda, then mps (Apple GPUs), then cpu. A name given is checked here, so that asking for a GPU
@@ -83,6 +92,25 @@ def keep_freed_memory():
     # batch's logits), and the heap is not shrunk while less than 1 GiB of it is free; the second alone is worse
     # than neither (NOTES.md, Allocator), so it only follows the first
     return bool(mallopt(M_MMAP_MAX, 0) and mallopt(M_TRIM_THRESHOLD, 2**30))
+
+
+def setup_device(device, dtype, optimizer):
+    """What a training run's settings device, dtype and optimizer come to: (device, its type, dtype name, optimizer
+    name, the autocast context to run the model in). A name that cannot work is one SystemExit sentence. On a CPU,
+    each step then reuses the memory the last one freed (keep_freed_memory)."""
+    if dtype not in ("auto", "float32", "bfloat16"):
+        raise SystemExit(f"dtype must be 'auto', 'float32' or 'bfloat16', not '{dtype}'")
+    if optimizer not in ("auto", "adamw", "muon"):
+        raise SystemExit(f"optimizer must be 'auto', 'adamw' or 'muon', not '{optimizer}'")
+    try:
+        run_device = pick_device(device)
+    except ValueError as e:
+        raise SystemExit(str(e))
+    device_type = run_device.split(":")[0]
+    if device_type == "cpu":
+        keep_freed_memory()
+    run_dtype, run_optimizer = pick_dtype(dtype, run_device), pick_optimizer(optimizer, run_device)
+    return run_device, device_type, run_dtype, run_optimizer, autocast_for(device_type, run_dtype)
 
 
 # dense bfloat16 tensor-core FLOP/s from the makers' data sheets, by a word of torch.cuda.get_device_name();
@@ -165,6 +193,21 @@ def load_optimizer_states(optimizers, states):
             group.update(setting)
 
 
+def resume_optimizers(optimizers, checkpoint, optimizer_name, checkpoint_path, script, start_again):
+    """load_optimizer_states from a checkpoint saved by script ('pretrain.py', 'finetune.py'), refusing in one
+    sentence, which ends with start_again (what to do instead), one saved by another optimizer or with other
+    parameter groups."""
+    saved = checkpoint.get("optimizer_name", "unknown")
+    if saved != optimizer_name:  # the states of one do not fit the other
+        raise SystemExit(f"{checkpoint_path} was trained with optimizer '{saved}', not '{optimizer_name}'; resume with "
+                         f"--optimizer={saved} or {start_again}")
+    try:
+        load_optimizer_states(optimizers, checkpoint["optimizer_states"])
+    except ValueError:  # other parameter groups: saved by an older version of the script
+        raise SystemExit(f"{checkpoint_path}'s optimizer state does not fit this {script}'s parameter groups (an older "
+                         f"version saved it); {start_again}")
+
+
 def file_sha256(path):
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -207,6 +250,39 @@ def answer_ids(tokenizer, template, prompt, max_seq_len, rating=5):
     prompt_ids = tokenizer.encode(prompt.strip())
     cut = max(0, len(prompt_ids) - max(0, max_seq_len - len(prefix) - 2))
     return prefix + prompt_ids[cut:] + [special[template["response"]]], cut
+
+
+# -----------------------------------------------------------------------------
+# held-out bits, as a compressor counts them
+
+@torch.no_grad()
+def score_every_token(model, ids, stride, autocast=nullcontext()):
+    """Nats of each token of ids (a 1-D int64 tensor) after the first, (len(ids) - 1,) float32: every token scored
+    exactly once, with as much context as fits. Windows of max_seq_len tokens move stride tokens at a time; each
+    window scores only the tokens no earlier window scored, so a token sees between max_seq_len - stride and
+    max_seq_len tokens before it (all of them near the start). A score depends on nothing at or after its token."""
+    L, n = model.config.max_seq_len, len(ids) - 1
+    if not 1 <= stride <= L:
+        raise ValueError(f"stride must be from 1 to max_seq_len={L}, not {stride}")
+    T = min(L, n)
+    starts = sorted({min(s, n - T) for s in range(0, n - T + stride, stride)})  # the last window ends at the end
+    batch = max(1, (1 << 24) // (T * model.config.vocab_size))  # windows at once: 64 MiB of float32 logits
+    nats, scored = torch.empty(n), 0  # targets ids[1 : scored + 1] have their score
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    for i in range(0, len(starts), batch):
+        group = starts[i:i + batch]
+        x = torch.stack([ids[s:s + T] for s in group]).to(device)          # (B, T)
+        y = torch.stack([ids[s + 1:s + T + 1] for s in group]).to(device)  # (B, T), x shifted by one
+        with autocast:
+            logits = model(x)[0]
+        window_nats = F.cross_entropy(logits.float().transpose(1, 2), y, reduction="none").cpu()  # (B, T)
+        for s, row in zip(group, window_nats):
+            nats[scored:s + T] = row[scored - s:]
+            scored = s + T
+    model.train(was_training)
+    return nats
 
 
 # -----------------------------------------------------------------------------

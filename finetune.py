@@ -41,10 +41,9 @@ from tqdm import tqdm
 
 from bpe import Tokenizer
 from configurator import configure
-from common import (END, PROMPT, RESPONSE, answer_ids, append_log, autocast_for, checked_tokenizer_path,
-                    copy_tokenizer, file_sha256, keep_freed_memory, load_checkpoint, load_optimizer_states,
-                    non_finite_stop, pick_device, pick_dtype, pick_optimizer, restore_rng_state, rng_state,
-                    save_checkpoint, stop_on_ctrl_c)
+from common import (END, PROMPT, RESPONSE, answer_ids, append_log, check_settings, checked_tokenizer_path,
+                    copy_tokenizer, file_sha256, load_checkpoint, non_finite_stop, restore_rng_state,
+                    resume_optimizers, rng_state, save_checkpoint, setup_device, stop_on_ctrl_c)
 from model import GPT, GPTConfig
 from sandbox import defines_function, run_checks
 
@@ -151,7 +150,8 @@ def clean_rows(df, path, skip_bad_rows=False):
         index = list(df.index[mask])
         if index and not skip_bad_rows:
             raise SystemExit(f"{path}: {len(index)} row{'s have' if len(index) > 1 else ' has'} {what} (row "
-                             f"{row_list(index)}; the header is row 1); fix them or set skip_bad_rows=True to skip them")
+                             f"{row_list(index)}; the header is row 1); fix them or set skip_bad_rows=True to skip "
+                             f"them")
     bad = bad_rating | empty
     if bad.any():
         print(f"skipped {int(bad.sum())} of {len(df)} rows of {path} with a bad rating or an empty prompt or "
@@ -281,7 +281,8 @@ def batch_logprobs(net, pairs, run):
 # -----------------------------------------------------------------------------
 # the rating modes, one block each: the training rows it learns, what its batches are drawn from, and its loss of
 # a batch, batch_loss(model, reference, batch, it, run) -> (loss, {name: number worth logging}), where run holds
-# what a loss needs from the set-up: max_seq_len, pad_id, device, pad_to, autocast, special (token ids), rows_by_prompt
+# what a loss needs from the set-up: max_seq_len, pad_id, device, pad_to, autocast, special (token ids),
+# sample_prefix (condition mode: <|rating_5|> <|prompt|>) and rows_by_prompt
 
 # ---- weight: every row, its loss scaled by rating/5 (the original project's behaviour)
 
@@ -354,8 +355,7 @@ def condition_batch_loss(model, reference, batch, it, run):
     if rank:  # and a rival answer to each row's prompt under <|rating_5|>, where it has one
         rival = rivals(batch, run["rows_by_prompt"], seed, it)
         ranked = [k for k in range(B) if rival[k] is not None]
-        top = [special[rating_token(5)], special[PROMPT]]
-        pairs += inputs_and_targets([rival[k] for k in ranked], max_seq_len, top)
+        pairs += inputs_and_targets([rival[k] for k in ranked], max_seq_len, run["sample_prefix"])
     logprobs, n_tokens = batch_logprobs(model, pairs, run)
     weights = torch.tensor([e.weight for e in batch], device=run["device"])
     loss, logged = weighted_loss(logprobs[:B], n_tokens[:B], weights), {}
@@ -478,7 +478,7 @@ def training_rows(df, rating_mode, min_rating):
 
 
 # -----------------------------------------------------------------------------
-# evaluation, and the loop's schedule
+# evaluation, the loop's schedule, and what the model writes to held-out prompts
 
 def preference_score(scored):
     """scored: (prompt, rating, mean log-prob per token) triples. Over prompts with differently rated responses,
@@ -561,49 +561,55 @@ def greedy_answer(model, tokenizer, template, prompt, max_new_tokens):
     return tokenizer.decode([t for t in new if t != end])
 
 
+def check_answers(model, tokenizer, template, prompts, autocast):
+    """Answer each of the held-out prompts that has checks in checks_path greedily, run each answer against its
+    prompt's checks in sandbox.py's limited child process, print the parse and pass rates and write every answer to
+    out_dir/answers.csv."""
+    checks = {}
+    if os.path.isfile(checks_path):
+        with open(checks_path, encoding="utf-8") as f:
+            checks = json.load(f)
+    checked = [p for p in prompts if checks.get(p)]
+    if not checked:
+        print(f"none of the {len(prompts)} held-out prompts has checks in {checks_path}; parse and pass rates are not "
+              f"measured")
+        return
+    model.eval()
+    with autocast:
+        answers = [greedy_answer(model, tokenizer, template, p, answer_tokens)
+                   for p in tqdm(checked, desc="answering", leave=False)]
+    passed = run_checks([(a, checks[p]) for p, a in zip(checked, answers)], check_seconds, check_memory_mb)
+    parses = [defines_function(a) for a in answers]
+    answers_path = os.path.join(out_dir, "answers.csv")
+    pd.DataFrame({"prompt": checked, "answer": answers, "parses": parses, "passes": passed}).to_csv(answers_path,
+                                                                                                  index=False)
+    print(f"greedy answers to the {len(checked)} held-out prompts with checks: parse rate "
+          f"{sum(parses) / len(checked):.0%}, pass rate {sum(passed) / len(checked):.0%} ({answers_path})")
+
+
 # -----------------------------------------------------------------------------
 if __name__ == "__main__":
     settings = configure(globals(), json_sections=("finetuning",))
-    if rating_mode not in RATING_MODES:
-        raise SystemExit(f"rating_mode must be one of {', '.join(RATING_MODES)}, not '{rating_mode}'")
-    if not 1 <= min_rating <= 5:
-        raise SystemExit(f"min_rating must be 1 to 5, not {min_rating}")
-    if not 0 < val_fraction < 1:
-        raise SystemExit(f"val_fraction must be between 0 and 1, not {val_fraction}")
-    for name in ("batch_size", "eval_interval"):
-        if globals()[name] < 1:
-            raise SystemExit(f"{name} must be at least 1, not {globals()[name]}")
-    if max_iters < 0 or n_epochs < 0:
-        raise SystemExit(f"max_iters and n_epochs must not be negative (got {max_iters} and {n_epochs})")
-    if dpo_beta <= 0 or dpo_sft < 0:
-        raise SystemExit(f"dpo_beta must be > 0 and dpo_sft >= 0 (got {dpo_beta} and {dpo_sft})")
-    if answer_tokens < 1 or check_seconds <= 0 or check_memory_mb < 64:
-        raise SystemExit(f"answer_tokens must be at least 1, check_seconds above 0 and check_memory_mb at least 64 "
-                         f"(got {answer_tokens}, {check_seconds} and {check_memory_mb})")
-    if condition_contrast < 0 or condition_rank < 0 or condition_beta <= 0:
-        raise SystemExit(f"condition_contrast and condition_rank must be >= 0 and condition_beta > 0 (got "
-                         f"{condition_contrast}, {condition_rank} and {condition_beta})")
-    if dtype not in ("auto", "float32", "bfloat16"):
-        raise SystemExit(f"dtype must be 'auto', 'float32' or 'bfloat16', not '{dtype}'")
-    if not 0 <= dropout < 1:
-        raise SystemExit(f"dropout must be in [0, 1), not {dropout}")
-    if optimizer not in ("auto", "adamw", "muon"):
-        raise SystemExit(f"optimizer must be 'auto', 'adamw' or 'muon', not '{optimizer}'")
-    if learning_rate < 0 or muon_lr < 0 or weight_decay < 0 or not (0 <= beta1 < 1 and 0 <= beta2 < 1):
-        raise SystemExit(f"learning_rate, muon_lr and weight_decay must be >= 0 and beta1 and beta2 in [0, 1); got "
-                         f"{learning_rate}, {muon_lr}, {weight_decay}, {beta1} and {beta2}")
-
-    # set-up: device, dtype, optimizer
-    try:
-        run_device = pick_device(device)
-    except ValueError as e:
-        raise SystemExit(str(e))
-    device_type = run_device.split(":")[0]
-    if device_type == "cpu":
-        keep_freed_memory()  # Linux: each step reuses the memory the last one freed, not fresh pages (common.py)
-    run_dtype = pick_dtype(dtype, run_device)
-    run_optimizer = pick_optimizer(optimizer, run_device)
-    autocast = autocast_for(device_type, run_dtype)
+    check_settings([  # (what is wrong, the sentence that says so), before any work
+        (rating_mode not in RATING_MODES, f"rating_mode must be one of {', '.join(RATING_MODES)}, not '{rating_mode}'"),
+        (not 1 <= min_rating <= 5, f"min_rating must be 1 to 5, not {min_rating}"),
+        (not 0 < val_fraction < 1, f"val_fraction must be between 0 and 1, not {val_fraction}"),
+        (batch_size < 1, f"batch_size must be at least 1, not {batch_size}"),
+        (eval_interval < 1, f"eval_interval must be at least 1, not {eval_interval}"),
+        (max_iters < 0 or n_epochs < 0,
+         f"max_iters and n_epochs must not be negative (got {max_iters} and {n_epochs})"),
+        (dpo_beta <= 0 or dpo_sft < 0, f"dpo_beta must be > 0 and dpo_sft >= 0 (got {dpo_beta} and {dpo_sft})"),
+        (answer_tokens < 1 or check_seconds <= 0 or check_memory_mb < 64,
+         f"answer_tokens must be at least 1, check_seconds above 0 and check_memory_mb at least 64 (got "
+         f"{answer_tokens}, {check_seconds} and {check_memory_mb})"),
+        (condition_contrast < 0 or condition_rank < 0 or condition_beta <= 0,
+         f"condition_contrast and condition_rank must be >= 0 and condition_beta > 0 (got {condition_contrast}, "
+         f"{condition_rank} and {condition_beta})"),
+        (not 0 <= dropout < 1, f"dropout must be in [0, 1), not {dropout}"),
+        (learning_rate < 0 or muon_lr < 0 or weight_decay < 0 or not (0 <= beta1 < 1 and 0 <= beta2 < 1),
+         f"learning_rate, muon_lr and weight_decay must be >= 0 and beta1 and beta2 in [0, 1); got {learning_rate}, "
+         f"{muon_lr}, {weight_decay}, {beta1} and {beta2}")])
+    run_device, device_type, run_dtype, run_optimizer, autocast = setup_device(device, dtype, optimizer)
     torch.manual_seed(seed)
     checkpoint_path = os.path.join(out_dir, "ckpt.pt")
 
@@ -623,24 +629,23 @@ if __name__ == "__main__":
                          f"with init_from=out")
     start_path = checkpoint_path if init_from == "resume" else resolve_init(init_from, out_dir)
     try:
-        checkpoint = load_checkpoint(start_path)  # on the CPU: the weights and optimizer states are copied where they train
+        checkpoint = load_checkpoint(start_path)  # on the CPU: weights and optimizer states go where they train
     except ValueError as e:  # a cut-off or foreign file
         raise SystemExit(str(e))
+    base_path = start_path
     if init_from == "resume":
         if checkpoint.get("kind") != "finetune" or checkpoint["rating_mode"] != rating_mode:
             raise SystemExit(f"{checkpoint_path} is not a fine-tuning run with rating_mode='{rating_mode}'; resume "
                              f"with the settings it was started with")
         # these decide which rows train and which are held out: another value would mix the two
         for name in ["seed", "val_fraction", "skip_bad_rows"] + (["min_rating"] if rating_mode == "filter" else []):
-            if checkpoint["config"].get(name, globals()[name]) != globals()[name]:
+            if checkpoint["config"].get(name, settings[name]) != settings[name]:
                 raise SystemExit(f"{checkpoint_path} was trained with {name}={checkpoint['config'][name]!r}, not "
-                                 f"{globals()[name]!r}; resume with the settings it was started with")
+                                 f"{settings[name]!r}; resume with the settings it was started with")
         if checkpoint.get("data_sha256", data_sha) != data_sha:
             raise SystemExit(f"{data_path} has changed since {checkpoint_path} was saved, which would change the "
                              f"held-out prompts; resume with the file it was started with")
         base_path = checkpoint["base_checkpoint"]
-    else:
-        base_path = start_path
     tokenizer_path = checked_tokenizer_path(checkpoint, start_path)
     tokenizer_sha = checkpoint["tokenizer_sha256"]
     try:
@@ -657,9 +662,7 @@ if __name__ == "__main__":
         raise SystemExit(f"{tokenizer_path} has {tokenizer.vocab_size} tokens but the checkpoint's vocab_size is "
                          f"{model_config.vocab_size}; restore the run's own tokenizer")
     max_seq_len = model_config.max_seq_len
-    pad_to = max_seq_len if compile else None
     special = tokenizer.special_tokens
-    pad_id = special[END]  # padded positions have target -1, so what they hold never matters
     template = {"prompt": PROMPT, "response": RESPONSE, "end": END,
                 "rating_token": rating_token(5) if rating_mode == "condition" else None}
 
@@ -680,6 +683,10 @@ if __name__ == "__main__":
     print(f"{len(df)} rows, {df['prompt'].nunique()} prompts: {len(train_examples)} rows for training (ratings "
           f"{ratings}), {len(val_examples)} rows of {val_df['prompt'].nunique()} prompts held out; "
           f"rating_mode={rating_mode}, {run_device}, {run_dtype}, {run_optimizer}")
+    run = {"max_seq_len": max_seq_len, "device": run_device, "autocast": autocast,  # what batch_loss reads
+           "pad_id": special[END],  # padded positions have target -1, so what they hold never matters
+           "pad_to": max_seq_len if compile else None, "special": special, "sample_prefix": sample_prefix,
+           "rows_by_prompt": rows_by_prompt}
     _, batch_items, batch_loss = RATING_MODES[rating_mode]
     train_items = batch_items(train_examples)  # rows, or in dpo mode pairs of rows
 
@@ -701,16 +708,8 @@ if __name__ == "__main__":
               f"(--n_epochs=0 trains for max_iters)")
     iter_num, best_val_loss = 0, float("inf")
     if init_from == "resume":
-        saved_optimizer = checkpoint.get("optimizer_name", "unknown")
-        if saved_optimizer != run_optimizer:  # the states of one do not fit the other
-            raise SystemExit(f"{checkpoint_path} was trained with optimizer '{saved_optimizer}', not "
-                             f"'{run_optimizer}'; resume with --optimizer={saved_optimizer} or fine-tune again from the "
-                             f"pretrained run")
-        try:
-            load_optimizer_states(optimizers, checkpoint["optimizer_states"])
-        except ValueError:  # other parameter groups: saved by an older finetune.py
-            raise SystemExit(f"{checkpoint_path}'s optimizer state does not fit this finetune.py's parameter groups "
-                             f"(an older version saved it); fine-tune again from the pretrained run")
+        resume_optimizers(optimizers, checkpoint, run_optimizer, checkpoint_path, "finetune.py",
+                          "fine-tune again from the pretrained run")
         iter_num, best_val_loss = checkpoint["iter_num"], checkpoint["best_val_loss"]
         restore_rng_state(checkpoint["rng"], device_type)
         print(f"resuming from {checkpoint_path} at iteration {iter_num}")
@@ -726,43 +725,37 @@ if __name__ == "__main__":
         model.hidden_states = torch.compile(model.hidden_states)
 
     # the loop: evaluate and save every eval_interval steps; Ctrl-C finishes the step, saves and exits
-    run = {"max_seq_len": max_seq_len, "pad_id": pad_id, "device": run_device, "pad_to": pad_to,
-           "autocast": autocast, "special": special, "rows_by_prompt": rows_by_prompt}  # what batch_loss reads
     stop_requested = stop_on_ctrl_c()
     progress = tqdm(total=total_iters, initial=iter_num, dynamic_ncols=True)
-    run_start, last_eval_iter, train_loss, first, metrics = time.time(), None, None, None, None
-    rewards = {name: [] for name in REWARD_COLUMNS}  # each training step's, since the last evaluation
+    run_start, train_loss, first, metrics = time.time(), None, None, None
+    reward_columns = REWARD_COLUMNS if reference is not None else ()
+    rewards = {name: [] for name in reward_columns}  # each training step's, since the last evaluation
     while True:
-        evaluated = False
-        if (iter_num % eval_interval == 0 or iter_num >= total_iters) and iter_num != last_eval_iter:
-            if not (iter_num == start_iter and init_from == "resume"):  # the checkpoint already covers it
-                metrics = evaluate(model, val_examples, max_seq_len, pad_id, run_device, 2 * batch_size, autocast,
-                                   sample_prefix, pad_to)
-                losses = [metrics[f"loss_r{r}"] for r in range(1, 6) if metrics[f"loss_r{r}"] is not None]
-                if not all(map(math.isfinite, losses)):
-                    raise non_finite_stop("held-out response losses", ", ".join(map(str, losses)), iter_num,
-                                          checkpoint_path, last_saved_iter)
-                first = first or metrics
-                append_log(out_dir, {
-                    "iter": iter_num, "epoch": f"{iter_num * batch_size / len(train_items):.2f}",
-                    "train_loss": fmt(train_loss),
-                    **{f"val_loss_r{r}": fmt(metrics[f"loss_r{r}"]) for r in range(1, 6)},
-                    "pref_score": fmt(metrics["pref"], 3),
-                    "pref_by_pair": " ".join(f"{k}={v:.3f}" for k, v in metrics["pref_by_pair"].items()),
-                    **({name: fmt(sum(v) / len(v) if v else None) for name, v in rewards.items()}
-                       if rating_mode in REFERENCE_MODES else {}),
-                    "lr": f"{learning_rate * lr_scale(max(iter_num - 1, 0), total_iters):.3e}",
-                    "elapsed_s": f"{time.time() - run_start:.1f}"})
-                progress.write(f"iter {iter_num}: val response loss by rating "
-                               f"{' '.join(fmt(metrics[f'loss_r{r}'], 3) or '-' for r in range(1, 6))}, "
-                               f"preference score {fmt(metrics['pref'], 3) or '-'}")
-                if metrics["loss_r5"] is not None:
-                    best_val_loss = min(best_val_loss, metrics["loss_r5"])
-                rewards = {name: [] for name in REWARD_COLUMNS}
-                evaluated = True
-            last_eval_iter = iter_num
+        evaluating = iter_num % eval_interval == 0 or iter_num >= total_iters
+        if evaluating and not (iter_num == start_iter and init_from == "resume"):  # the checkpoint already covers it
+            metrics = evaluate(model, val_examples, max_seq_len, run["pad_id"], run_device, 2 * batch_size, autocast,
+                               sample_prefix, run["pad_to"])
+            losses = [metrics[f"loss_r{r}"] for r in range(1, 6) if metrics[f"loss_r{r}"] is not None]
+            if not all(map(math.isfinite, losses)):
+                raise non_finite_stop("held-out response losses", ", ".join(map(str, losses)), iter_num,
+                                      checkpoint_path, last_saved_iter)
+            first = first or metrics
+            append_log(out_dir, {
+                "iter": iter_num, "epoch": f"{iter_num * batch_size / len(train_items):.2f}",
+                "train_loss": fmt(train_loss), **{f"val_loss_r{r}": fmt(metrics[f"loss_r{r}"]) for r in range(1, 6)},
+                "pref_score": fmt(metrics["pref"], 3),
+                "pref_by_pair": " ".join(f"{k}={v:.3f}" for k, v in metrics["pref_by_pair"].items()),
+                **{name: fmt(sum(v) / len(v) if v else None) for name, v in rewards.items()},
+                "lr": f"{learning_rate * lr_scale(max(iter_num - 1, 0), total_iters):.3e}",
+                "elapsed_s": f"{time.time() - run_start:.1f}"})
+            progress.write(f"iter {iter_num}: val response loss by rating "
+                           f"{' '.join(fmt(metrics[f'loss_r{r}'], 3) or '-' for r in range(1, 6))}, "
+                           f"preference score {fmt(metrics['pref'], 3) or '-'}")
+            if metrics["loss_r5"] is not None:
+                best_val_loss = min(best_val_loss, metrics["loss_r5"])
+            rewards = {name: [] for name in reward_columns}
         stopping = stop_requested.is_set() and iter_num < total_iters  # after the evaluation due at this step
-        if (evaluated or stopping) and iter_num > start_iter and last_saved_iter != iter_num:
+        if (evaluating or stopping) and iter_num > start_iter:
             copy_tokenizer(tokenizer_path, tokenizer_sha, out_dir)
             checkpoint = {
                 "kind": "finetune", "model": model.state_dict(), "optimizer_name": run_optimizer,
@@ -790,7 +783,7 @@ if __name__ == "__main__":
                 group["lr"] = group["peak_lr"] * scale
         batch = [train_items[i] for i in batch_indices(iter_num, len(train_items), batch_size, seed)]
         loss, logged = batch_loss(model, reference, batch, iter_num, run)
-        for name in REWARD_COLUMNS:
+        for name in rewards:
             if name in logged:
                 rewards[name].append(logged[name])
         if not math.isfinite(loss.item()):
@@ -808,37 +801,15 @@ if __name__ == "__main__":
                              **{k: f"{v:.2f}" for k, v in logged.items()})
     progress.close()
     if iter_num >= total_iters:  # finished, not interrupted
-        last = metrics
         saved = f"checkpoint {checkpoint_path}" if iter_num > start_iter else "no steps to take, so nothing saved"
         summary = f"done in {time.time() - run_start:.0f}s; {saved}"
-        if first is not None and first is not last and first["loss_r5"] and last and last["loss_r5"]:
-            summary += (f"; rating-5 response loss {first['loss_r5']:.3f} -> {last['loss_r5']:.3f} "
-                        f"({abs(1 - last['loss_r5'] / first['loss_r5']):.0%} "
-                        f"{'lower' if last['loss_r5'] <= first['loss_r5'] else 'higher'}), preference score "
-                        f"{fmt(first['pref'], 3)} -> {fmt(last['pref'], 3)}")
+        if first is not metrics and first["loss_r5"] and metrics["loss_r5"]:  # at least two evaluations
+            summary += (f"; rating-5 response loss {first['loss_r5']:.3f} -> {metrics['loss_r5']:.3f} "
+                        f"({abs(1 - metrics['loss_r5'] / first['loss_r5']):.0%} "
+                        f"{'lower' if metrics['loss_r5'] <= first['loss_r5'] else 'higher'}), preference score "
+                        f"{fmt(first['pref'], 3)} -> {fmt(metrics['pref'], 3)}")
         print(summary)
-
-    # what the model writes: greedy answers to the held-out prompts that have checks, run in sandbox.py
-    if answer_checks and iter_num >= total_iters:
-        checks = {}
-        if os.path.isfile(checks_path):
-            with open(checks_path, encoding="utf-8") as f:
-                checks = json.load(f)
-        prompts = [p for p in dict.fromkeys(val_df["prompt"]) if checks.get(p)]
-        if not prompts:
-            print(f"none of the {val_df['prompt'].nunique()} held-out prompts has checks in {checks_path}; parse "
-                  f"and pass rates are not measured")
-        else:
+        if answer_checks:  # what the model writes
             if compile:
                 del model.hidden_states  # the plain method: generation's shapes change at every step
-            model.eval()
-            with autocast:
-                answers = [greedy_answer(model, tokenizer, template, p, answer_tokens)
-                           for p in tqdm(prompts, desc="answering", leave=False)]
-            passed = run_checks([(a, checks[p]) for p, a in zip(prompts, answers)], check_seconds, check_memory_mb)
-            parses = [defines_function(a) for a in answers]
-            answers_path = os.path.join(out_dir, "answers.csv")
-            pd.DataFrame({"prompt": prompts, "answer": answers, "parses": parses, "passes": passed}).to_csv(
-                answers_path, index=False)
-            print(f"greedy answers to the {len(prompts)} held-out prompts with checks: parse rate "
-                  f"{sum(parses) / len(prompts):.0%}, pass rate {sum(passed) / len(prompts):.0%} ({answers_path})")
+            check_answers(model, tokenizer, template, list(dict.fromkeys(val_df["prompt"])), autocast)
