@@ -2,6 +2,7 @@
 bench.py: speed, memory and quality measurements, one section per command-line argument.
 
     python bench.py tokenizer [--data=PATH] [--runs=5]   # bpe.py: training, encoding, decoding, memory
+    python bench.py prepare [--data=PATH] [--vocab_size=32768] [--mb=320] [--rev=HEAD~]  # prepare.py's stages
     python bench.py train                                  # training tokens/s and MFU against the measured peak
     python bench.py nanogpt [--path=../nanoGPT]            # our training step against nanoGPT's (clone it first)
     python bench.py bf16                                   # float32 against bfloat16 autocast on CPU
@@ -11,6 +12,8 @@ bench.py: speed, memory and quality measurements, one section per command-line a
     python bench.py quality [--seconds=75]                 # tinyshakespeare: bits per byte after a fixed training time
     python bench.py pretrain [--seconds=180]               # the default run with each optimizer, against xz
     python bench.py plot [--runs=out,out-adamw]            # runs' bits per byte against time, and xz: assets/bpb.png
+    python bench.py compress [--runs=out,out-1,out-2]      # held-out bits as compressors count them: xz, PPMd, the
+                                                           # model as it is and the model adapting as it reads
     python bench.py optimizer                              # the cost of an AdamW and a Muon step
     python bench.py head                                   # a training step with HeadLoss and with the plain loss
     python bench.py finetune [--modes=weight,filter,...]   # every rating_mode on the default run, with parse and
@@ -23,15 +26,21 @@ The tokenizer and quality sections read data/tinyshakespeare.txt (download it fr
 unless --data names another file. NOTES.md holds the figures these sections gave.
 """
 
+import copy
 import csv
 import hashlib
+import importlib.util
+import json
+import math
 import os
 import resource
 import runpy
 import statistics
 import subprocess
 import sys
+import sysconfig
 import tempfile
+import threading
 import time
 from contextlib import nullcontext
 
@@ -161,6 +170,147 @@ def bench_tokenizer(data=DATA, runs=5):
                 f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the end", rows)
 
 
+# bench_prepare's child: one version's prepare_data (argv[1] is its code's folder), or HF tokenizers' trainer on the
+# first argv[3] bytes, printing ["stage", time] as each stage begins (train_file wrapped to see where merging begins)
+PREPARE_STAGES = """
+import json, sys, time
+mark = lambda stage: print(json.dumps([stage, time.time()]), flush=True)
+if sys.argv[1] == "hf":
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    def lines(left=int(sys.argv[3])):
+        with open(sys.argv[2], "rb") as f:
+            while left > 0 and (line := f.readline(left)):
+                left -= len(line)
+                yield line.decode("utf-8")
+    mark("train")
+    hf = Tokenizer(models.BPE())
+    hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    hf.train_from_iterator(lines(), trainers.BpeTrainer(vocab_size=int(sys.argv[4]), show_progress=False,
+                           special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+else:
+    sys.path.insert(0, sys.argv[1])
+    import bpe, prepare
+    train_file = bpe.Tokenizer.train_file.__func__
+    def timed(cls, *args, **kwargs):
+        mark("count")
+        started = []
+        tokenizer = train_file(cls, *args, **kwargs, progress=lambda stage, done, total: stage == "merge" and not
+                               started and started.append(mark("merges")))
+        mark("encode")
+        return tokenizer
+    bpe.Tokenizer.train_file = classmethod(timed)
+    mark("split")
+    prepare.prepare_data(sys.argv[2], sys.argv[3], int(sys.argv[4]), 0.1)
+mark("end")
+"""
+
+
+def tree_usage(root):
+    """(CPU seconds, resident bytes) of process root and its live descendants (Linux /proc); a process's CPU time
+    includes the children it has waited for, so a worker that ended still counts."""
+    children, fields = {}, {}
+    for pid in map(int, filter(str.isdigit, os.listdir("/proc"))):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields[pid] = f.read().rsplit(")", 1)[1].split()  # from the state (field 3) on
+            children.setdefault(int(fields[pid][1]), []).append(pid)
+        except OSError:
+            continue
+    cpu = rss = 0
+    todo = [root]
+    while todo:
+        pid = todo.pop()
+        cpu += sum(map(int, fields.get(pid, [0] * 22)[11:15]))  # utime, stime, cutime, cstime
+        rss += int(fields.get(pid, [0] * 22)[21])
+        todo += children.get(pid, [])
+    return cpu / os.sysconf("SC_CLK_TCK"), rss * os.sysconf("SC_PAGE_SIZE")
+
+
+def stage_usage(*args):
+    """Run PREPARE_STAGES with args, its processes sampled every 0.1 s: {stage: (wall seconds, CPU seconds of all
+    its processes, their peak resident bytes summed)}."""
+    child = subprocess.Popen([sys.executable, "-c", PREPARE_STAGES, *args], stdout=subprocess.PIPE, text=True, cwd=HERE)
+    marks, samples, done = [], [], threading.Event()
+    threading.Thread(target=lambda: [(samples.append((time.time(), *tree_usage(child.pid))), time.sleep(0.1))
+                                     for _ in iter(done.is_set, True)], daemon=True).start()
+    for line in child.stdout:
+        if line.startswith('["'):  # a stage begins; the other output is left aside
+            marks.append((json.loads(line)[0], time.time(), *tree_usage(child.pid)))
+    done.set()
+    if child.wait():
+        sys.exit(f"the stages of {args} failed; see above")
+    return {stage: (t1 - t0, cpu1 - cpu0, max([rss for t, _, rss in samples if t0 <= t <= t1] + [rss0, rss1]))
+            for (stage, t0, cpu0, rss0), (_, t1, cpu1, rss1) in zip(marks, marks[1:])}
+
+
+def seconds_until(args, cwd, text):
+    """Seconds from starting a script until it prints a line with text (then it is stopped)."""
+    t0 = time.perf_counter()
+    with subprocess.Popen([sys.executable, "-u", *args], cwd=cwd, stdout=subprocess.PIPE, text=True) as child:
+        next(line for line in child.stdout if text in line)
+        child.kill()
+    return time.perf_counter() - t0
+
+
+def bench_prepare(data=None, vocab_size=32768, mb=320, rev="HEAD~"):
+    """prepare.py's stages on a corpus (by default one file of up to mb MB of this machine's Python source, built
+    here), with this code and that of commit rev: wall time, MB/s, CPU use (the CPU time of all its processes / wall
+    time) and peak resident memory (summed over them) of each; then pretrain.py config/small.py from a fresh cache to
+    its first evaluation, which comes before the first step; HF tokenizers' Rust trainer on the same training text;
+    and from the measured rates, an estimate for a 40 GB corpus on 32 cores."""
+    import io
+    import tarfile
+    sys.path.insert(0, HERE)
+    from prepare import split_documents
+    with tempfile.TemporaryDirectory() as d:
+        if data is None:
+            data, written = os.path.join(d, "python.txt"), 0
+            with open(data, "w", encoding="utf-8") as out:
+                for folder, folders, files in os.walk(sysconfig.get_paths()["stdlib"]):  # site-packages inside
+                    folders.sort()
+                    for name in sorted(f for f in files if f.endswith(".py")):
+                        try:
+                            with open(os.path.join(folder, name), encoding="utf-8") as f:
+                                text = f.read()
+                        except (OSError, UnicodeDecodeError):
+                            continue
+                        if written + len(text.encode()) <= float(mb) * 1e6:
+                            written += out.write(("<|endoftext|>" if written else "") + text)
+        code = {rev: os.path.join(d, "old"), "now": HERE}
+        tar = subprocess.run(["git", "-C", HERE, "archive", rev], capture_output=True, check=True).stdout
+        tarfile.open(fileobj=io.BytesIO(tar)).extractall(code[rev])
+        train_mb = split_documents([data], [os.path.getsize(data)], 0.1)[0][0][2] / 1e6
+        stages = {label: stage_usage(code[label], data, os.path.join(d, label), str(vocab_size)) for label in code}
+        first = {label: seconds_until(["pretrain.py", "config/small.py", f"--data_path={data}", "--max_iters=1",
+                                       f"--vocab_size={vocab_size}", f"--cache_dir={d}/fresh-{label}",
+                                       f"--out_dir={d}/out"], code[label], "iter 0:") for label in code}
+        hf = importlib.util.find_spec("tokenizers") and stage_usage("hf", data, str(int(train_mb * 1e6)),
+                                                                    str(vocab_size))["train"]
+    size = {"split": os.path.getsize(data) / 1e6, "count": train_mb, "merges": train_mb}
+    size["encode"] = size["split"]
+    rows = [("stage", *[f"{label}: {what}" for label in code for what in ("wall", "MB/s", "CPU use", "peak RSS")])]
+    for stage, mb_done in [*size.items(), ("HF tokenizers' BpeTrainer (Rust), same training text", train_mb)]:
+        rows.append((stage, *[x for label in code for wall, cpu, rss in [stages[label].get(stage, hf or (0, 0, 0))]
+                              for x in ((f"{wall:.1f} s", f"{mb_done / wall:.1f}", f"{cpu / wall:.2f}",
+                                         f"{rss / 1e6:.0f} MB") if wall and (label == "now" or stage in size) else
+                                        [""] * 4)]))
+    rows.append((f"pretrain.py config/small.py to its first evaluation, fresh cache (now / {rev}: "
+                 f"{first['now'] / first[rev]:.2f}x)", f"{first[rev]:.1f} s", "", "", "", f"{first['now']:.1f} s", "", "", ""))
+    print_table(f"prepare.py on {size['split']:.0f} MB ({os.path.basename(data)}), vocabulary {vocab_size}; "
+                f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the end"
+                f"{'' if hf else '; HF tokenizers not installed (pip install tokenizers to compare)'}", rows)
+    # 40 GB on 32 cores from each stage's MB per CPU-second here: all of it split and encoded; counted: 2 GB now
+    # (tokenizer_max_bytes), all of it before, alone; merges as measured times the square root of the growth in
+    # counted text (distinct chunks grow about so: Heaps' law); encoding before on 31 processes (cpu_count - 1)
+    for label, counted in ((rev, 36e3), ("now", 2e3)):
+        cores = {"split": 1 if label == rev else 32, "count": 1 if label == rev else 32, "encode": 32 - (label == rev)}
+        estimate = {stage: (40e3 if stage != "count" else counted) / size[stage] * stages[label][stage][1] / cores[stage]
+                    for stage in cores}
+        estimate["merges"] = stages[label]["merges"][0] * (counted / train_mb) ** 0.5
+        print(f"{label}: 40 GB on 32 cores in about {sum(estimate.values()) / 60:.0f} minutes (" +
+              ", ".join(f"{stage} {seconds / 60:.1f}" for stage, seconds in estimate.items()) + ")")
+
+
 def read_log(out_dir):
     with open(os.path.join(out_dir, "log.csv")) as f:
         return list(csv.DictReader(f))
@@ -205,8 +355,8 @@ def bench_quality(data=DATA, seconds=75, seeds="1337,1,2", **overrides):
         max_iters, logs = timed_runs(args, seconds, seeds)
         xz = xz_bits_per_byte(*split_bytes(f"{d}/out", f"{d}/cache"))
     rows = [("seed", "steps", "training time", "validation bits per byte")]
-    rows += [(seed, max_iters, f"{log[-1]['train_s']:.0f} s", log[-1]["val_bpb"]) for seed, log in zip(seeds, logs)]
-    bpb = statistics.median(float(log[-1]["val_bpb"]) for log in logs)
+    rows += [(seed, max_iters, f"{log[-1]['train_s']:.0f} s", log[-1]["val_bpb_full"]) for seed, log in zip(seeds, logs)]
+    bpb = statistics.median(float(log[-1]["val_bpb_full"]) for log in logs)
     rows.append(("median", max_iters, "", f"{bpb:.3f} = {bpb / 2.72:.2f}x nanoGPT's 2.72 bits per character; "
                  f"xz: {xz:.3f}"))
     print_table(f"quality on {os.path.basename(data)}: {seconds:.0f} s of training at nanoGPT's CPU shape "
@@ -270,10 +420,10 @@ def bench_pretrain(seconds=180, optimizers="adamw,muon", seeds="1337,1,2", finet
             if not medians:
                 xz = xz_bits_per_byte(*split_bytes(f"{d}/{optimizer}", os.path.join(HERE, "data", "cache")))
             for seed, log in zip(seeds, logs):
-                bpb = float(log[-1]["val_bpb"])
+                bpb = float(log[-1]["val_bpb_full"])
                 rows.append((optimizer, seed, max_iters, f"{log[-1]['train_s']:.0f} s", f"{bpb:.3f}", f"{xz:.3f}",
                              f"{bpb / xz:.2f}", parse_rate(f"{d}/{optimizer}", seed) if finetune == "yes" else ""))
-            medians.append((optimizer, statistics.median(float(log[-1]["val_bpb"]) for log in logs)))
+            medians.append((optimizer, statistics.median(float(log[-1]["val_bpb_full"]) for log in logs)))
     rows += [(f"{optimizer}: median", "", "", "", f"{bpb:.3f}", f"{xz:.3f}", f"{bpb / xz:.2f}", "")
              for optimizer, bpb in medians]
     print_table(f"the default run{''.join(f' --{k}={v}' for k, v in overrides.items())} at equal wall-clock "
@@ -622,11 +772,11 @@ def bench_memory():
         print(f"| {label:<44} | {int(out.split()[-1]) / 1024:4.0f} MiB |")
 
 
-def run_timed(args):
-    """Run a script of this repository; return (wall seconds, CPU seconds of the child, stdout)."""
+def run_timed(args, cwd=HERE):
+    """Run a script of this repository (or of cwd); return (wall seconds, CPU seconds of the child, stdout)."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
-    result = subprocess.run([sys.executable, *args], cwd=HERE, capture_output=True, text=True)
+    result = subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True)
     wall = time.perf_counter() - t0
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if result.returncode != 0:
@@ -717,8 +867,11 @@ def bench_plot(runs="out", out="assets/bpb.png"):
         log = read_log(os.path.join(HERE, run))
         checkpoint = torch.load(os.path.join(HERE, run, "ckpt.pt"), map_location="cpu", weights_only=True)
         train_s = [float(r["elapsed_s"]) - (k + 1) * float(log[0]["elapsed_s"]) for k, r in enumerate(log)]
-        ax.plot(train_s[1:], [float(r["val_bpb"]) for r in log[1:]], marker=".",
-                label=f"{run}/: {checkpoint['optimizer_name']}, {checkpoint['iter_num']} steps")
+        line, = ax.plot(train_s[1:], [float(r["val_bpb"]) for r in log[1:]], marker=".",
+                        label=f"{run}/: {checkpoint['optimizer_name']}, {checkpoint['iter_num']} steps (estimates)")
+        if log[-1].get("val_bpb_full"):  # the end of a finished run: every held-out token once
+            ax.plot(train_s[-1], float(log[-1]["val_bpb_full"]), marker="*", markersize=12, color=line.get_color(),
+                    linestyle="none", label=f"every held-out token once: {float(log[-1]['val_bpb_full']):.2f}")
     xz = xz_bits_per_byte(*split_bytes(os.path.join(HERE, runs.split(",")[0]), os.path.join(HERE, "data", "cache")))
     ax.axhline(xz, color="black", linestyle="--", label=f"xz -9e, given the training text: {xz:.2f}")
     ax.set_xlabel("training time (s)")
@@ -732,10 +885,88 @@ def bench_plot(runs="out", out="assets/bpb.png"):
     print(f"wrote {out}; xz -9e given the training split: {xz:.3f} bits per byte of the validation split")
 
 
-SECTIONS = {"tokenizer": bench_tokenizer, "train": bench_train, "nanogpt": bench_nanogpt, "bf16": bench_bf16,
+def dynamic_evaluation(model, ids, chunk=64, lr=0.003, embedding_lr=0.024, autocast=nullcontext()):
+    """Nats the model spends on each token of ids after the first while it adapts as it reads, as in dynamic
+    evaluation (Krause et al., 2018) and NNCP: score the next chunk of tokens in the max_seq_len window that ends
+    with it, then take one SGD step on that window, every token of which is scored by then. The tied embedding has
+    a rate of its own (the settings: NOTES.md, Held-out bits). (len(ids) - 1,) nats; the model is left as it was."""
+    model = copy.deepcopy(model).eval()  # eval: no dropout; gradients still flow
+    embedding = model.tok_emb.weight
+    rest = [p for p in model.parameters() if p is not embedding]
+    optimizer = torch.optim.SGD([{"params": rest}, {"params": [embedding], "lr": embedding_lr}], lr=lr)
+    L, n = model.config.max_seq_len, len(ids) - 1
+    nats = torch.empty(n)
+    for start in range(0, n, chunk):
+        end = min(start + chunk, n)
+        first = max(0, end - L)  # the window: inputs ids[first:end], targets ids[first + 1:end + 1]
+        with autocast:
+            logits = model(ids[None, first:end])[0]
+        window_nats = F.cross_entropy(logits[0].float(), ids[first + 1:end + 1], reduction="none")
+        nats[start:end] = window_nats[start - first:].detach()
+        window_nats.mean().backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return nats
+
+
+def windows_through_the_loss(model, ids, stride, autocast):
+    """The total nats of score_every_token computed another way, for a check: one window at a time through the
+    model's own loss (HeadLoss), the targets an earlier window scored ignored (-1)."""
+    L, n, total, scored = model.config.max_seq_len, len(ids) - 1, 0.0, 0
+    with torch.no_grad():
+        for start in [*range(0, n - L, stride), max(0, n - L)]:
+            x, y = ids[None, start:start + L], ids[None, start + 1:start + L + 1].clone()
+            y[0, :scored - start] = -1
+            with autocast:
+                total += model(x, y)[1].item() * (y != -1).sum().item()
+            scored = start + y.size(1)
+    return total
+
+
+def bench_compress(runs="out", cache_dir="data/cache"):
+    """Held-out bits per byte of finished runs (comma-separated out_dirs of the default run, seeds for instance) as a
+    compressor counts them, each compressor given the training text first: xz -9e, PPMd of order 24 (pyppmd), the
+    model as it is with every held-out token scored once (common.score_every_token, stride max_seq_len // 2), the
+    same computed another way as a check, and the model adapting as it reads (dynamic_evaluation)."""
+    sys.path.insert(0, HERE)
+    from bpe import Tokenizer
+    from common import END, autocast_for, load_checkpoint, pick_dtype, score_every_token
+    from model import GPT, GPTConfig
+    try:
+        import pyppmd
+    except ImportError:
+        pyppmd = None
+        print("PPMd is left out: pip install pyppmd to compare with it")
+    autocast = autocast_for("cpu", pick_dtype("auto", "cpu"))
+    rows, figures = [("run", "xz -9e", "PPMd", "static", "static, checked", "dynamic", "dynamic's time")], []
+    for run in runs.split(","):
+        train, val = split_bytes(os.path.join(HERE, run), os.path.join(HERE, cache_dir))
+        bits = lambda nats: nats / math.log(2) / len(val)
+        ppmd_size = lambda data: len(pyppmd.compress(data, max_order=24, mem_size=1 << 30))
+        ppmd = 8 * (ppmd_size(train + val) - ppmd_size(train)) / len(val) if pyppmd else None
+        checkpoint = load_checkpoint(os.path.join(HERE, run, "ckpt.pt"))
+        model = GPT(GPTConfig(**checkpoint["model_config"]))
+        model.load_state_dict(checkpoint["model"])
+        tokenizer = Tokenizer.load(os.path.join(HERE, run, "tokenizer.json"))
+        ids = torch.tensor([tokenizer.special_tokens[END]] + tokenizer.encode(val.decode("utf-8"), {END}))
+        stride = model.config.max_seq_len // 2
+        static = bits(score_every_token(model, ids, stride, autocast).sum().item())
+        checked = bits(windows_through_the_loss(model, ids, stride, autocast))
+        t0 = time.perf_counter()
+        dynamic = bits(dynamic_evaluation(model, ids, autocast=autocast).sum().item())
+        figures.append((xz_bits_per_byte(train, val), ppmd, static, checked, dynamic, time.perf_counter() - t0))
+        rows.append((run, *[f"{x:.3f}" if x is not None else "-" for x in figures[-1][:5]], f"{figures[-1][5]:.0f} s"))
+    if len(figures) > 1:
+        medians = [statistics.median(f[k] for f in figures) if None not in (f[k] for f in figures) else None
+                   for k in range(6)]
+        rows.append(("median", *[f"{x:.3f}" if x is not None else "-" for x in medians[:5]], f"{medians[5]:.0f} s"))
+    print_table(f"held-out bits per byte, every token once, each given the training text first; {os.cpu_count()} "
+                f"CPUs, {torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f} at the end", rows)
+
+SECTIONS = {"tokenizer": bench_tokenizer, "prepare": bench_prepare, "train": bench_train, "nanogpt": bench_nanogpt, "bf16": bench_bf16,
             "allocator": bench_allocator, "sample": bench_sample, "memory": bench_memory, "quality": bench_quality,
             "pretrain": bench_pretrain, "plot": bench_plot, "finetune": bench_finetune,
-            "optimizer": bench_optimizer, "head": bench_head}
+            "optimizer": bench_optimizer, "head": bench_head, "compress": bench_compress}
 
 if __name__ == "__main__":
     names = [a for a in sys.argv[1:] if not a.startswith("--")]

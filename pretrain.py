@@ -10,6 +10,7 @@ checkpoints, the tokenizer and a CSV log of every evaluation go to out_dir. Run 
 """
 import atexit
 import dataclasses
+import datetime
 import hashlib
 import math
 import os
@@ -22,19 +23,24 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
+from bpe import Tokenizer
 from configurator import configure
-from common import (append_log, autocast_for, copy_tokenizer, keep_freed_memory, load_checkpoint,
+from common import (END, append_log, autocast_for, copy_tokenizer, keep_freed_memory, load_checkpoint,
                     load_optimizer_states, non_finite_stop, peak_flops, pick_device, pick_dtype, pick_optimizer,
-                    restore_rng_state, rng_state, save_checkpoint, stop_on_ctrl_c)
+                    restore_rng_state, rng_state, save_checkpoint, score_every_token, stop_on_ctrl_c)
 from model import GPT, GPTConfig
-from prepare import check_data_settings, prepare_data
+from prepare import check_data_settings, prepare_once
 
 # -----------------------------------------------------------------------------
 # settings: override with config files (config/*.py, config.json) and --name=value
 # I/O
 out_dir = "out"
-data_path = "data/data.txt"  # any UTF-8 text file or http(s) URL; the default is built from Python's own library
-cache_dir = "data/cache"  # downloaded corpora, trained tokenizers and token ids, reused while unchanged
+# the corpus: a UTF-8 text file, a folder or glob of them, or an http(s) URL; the default is built from Python's library
+data_path = "data/data.txt"
+cache_dir = "data/cache"  # downloads, file hashes, tokenizers and token ids, reused while unchanged
+data_extensions = ".txt,.md,.py"  # the files of a folder that are documents ("" for all); a glob takes what it matches
+skip_bad_files = False  # True: leave out files that are not UTF-8 text, naming each, instead of stopping
+tokenizer_max_bytes = 2_000_000_000  # the tokenizer learns from at most about this much of the training text
 init_from = "scratch"  # 'scratch' or 'resume' (from out_dir/ckpt.pt)
 # tokenizer and model
 vocab_size = 1024  # 256 bytes + merges + special tokens
@@ -49,8 +55,9 @@ bias = True
 max_iters = 2000
 n_epochs = 0.0  # if > 0, train for this many passes over the training tokens instead of max_iters
 eval_interval = 250
-eval_iters = 20
-val_fraction = 0.1  # the last tenth of the corpus is held out
+eval_iters = 20  # batches per split of the estimate at each evaluation
+eval_stride = 0  # the final, full evaluation's window step (score_every_token); 0 means max_seq_len // 2
+val_fraction = 0.1  # the last tenth of the corpus is held out: the last files, where there are several
 batch_size = 16
 grad_accum_steps = 1  # summed over all processes under torchrun
 # 'muon': torch.optim.Muon for the matrices inside the blocks, AdamW for the rest; 'adamw': AdamW for all; 'auto':
@@ -74,23 +81,21 @@ grad_clip = 1.0  # 0 turns clipping off
 device = "auto"  # 'auto' picks cuda, then mps, then cpu
 dtype = "auto"  # 'bfloat16' (autocast) where the device multiplies it natively, else 'float32'; or either by name
 compile = False  # torch.compile the model
+dist_timeout_s = 0  # under torchrun, how long a collective may wait for the other processes; 0: the backend's default
 seed = 1337
 # -----------------------------------------------------------------------------
 
 
-def setup_distributed(device):
+def setup_distributed(run_device, timeout_s):
     """Return (rank, world_size, device) and start the process group when run under torchrun."""
-    try:
-        run_device = pick_device(device)
-    except ValueError as e:
-        raise SystemExit(str(e))
     if "RANK" not in os.environ:
         return 0, 1, run_device
     rank, local_rank, world_size = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"])
     if run_device.startswith("cuda"):
         run_device = f"cuda:{local_rank}"
         torch.cuda.set_device(run_device)
-    dist.init_process_group(backend="nccl" if run_device.startswith("cuda") else "gloo")
+    dist.init_process_group(backend="nccl" if run_device.startswith("cuda") else "gloo",
+                            timeout=datetime.timedelta(seconds=timeout_s) if timeout_s else None)
     return rank, world_size, run_device
 
 
@@ -111,6 +116,16 @@ def get_batch(ids_path, ids_dtype, generator, device):
     if device.startswith("cuda"):
         return x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
     return x.to(device), y.to(device)
+
+
+def held_out_bits_per_byte(model, ids_path, ids_dtype, start_id, text_bytes, autocast):
+    """Bits per byte of the held-out text with every token counted once and as much context as fits
+    (common.score_every_token): what the model would spend on it as a compressor. The first token is predicted from
+    start_id (<|endoftext|>), as after the end of a document."""
+    ids = torch.from_numpy(np.fromfile(ids_path, dtype=ids_dtype).astype(np.int64))
+    nats = score_every_token(model, torch.cat([torch.tensor([start_id]), ids]), eval_stride or max_seq_len // 2,
+                             autocast)
+    return nats.sum().item() / math.log(2) / text_bytes
 
 
 @torch.no_grad()
@@ -169,12 +184,14 @@ if __name__ == "__main__":
         raise SystemExit(f"init_from must be 'scratch' or 'resume', not '{init_from}'")
     if dtype not in ("auto", "float32", "bfloat16"):
         raise SystemExit(f"dtype must be 'auto', 'float32' or 'bfloat16', not '{dtype}'")
-    check_data_settings(vocab_size, val_fraction)
+    check_data_settings(data_path, vocab_size, val_fraction)
     for name in ("batch_size", "grad_accum_steps", "eval_interval", "eval_iters"):
         if globals()[name] < 1:
             raise SystemExit(f"{name} must be at least 1, not {globals()[name]}")
     if max_iters < 0 or n_epochs < 0:
         raise SystemExit(f"max_iters and n_epochs must not be negative (got {max_iters} and {n_epochs})")
+    if not 0 <= eval_stride <= max_seq_len:
+        raise SystemExit(f"eval_stride must be from 0 (max_seq_len // 2) to max_seq_len={max_seq_len}, not {eval_stride}")
     if optimizer not in ("auto", "adamw", "muon"):
         raise SystemExit(f"optimizer must be 'auto', 'adamw' or 'muon', not '{optimizer}'")
     if muon_lr < 0 or not 0 <= muon_momentum < 1:
@@ -192,9 +209,23 @@ if __name__ == "__main__":
     except ValueError as e:
         raise SystemExit(str(e))
 
+    if grad_accum_steps % int(os.environ.get("WORLD_SIZE", 1)):  # torchrun's number of processes
+        raise SystemExit(f"grad_accum_steps={grad_accum_steps} must be a multiple of the "
+                         f"{os.environ['WORLD_SIZE']} processes")
+    try:
+        run_device = pick_device(device)
+    except ValueError as e:
+        raise SystemExit(str(e))
+
+    # -------------------------------------------------------------------------
+    # data first: prepare.py makes the tokenizer and token ids that are not cached yet. Under torchrun this comes
+    # before the process group exists: one process prepares while the others wait on a file, not in a collective.
+    data = prepare_once(data_path, cache_dir, vocab_size, val_fraction, data_extensions, skip_bad_files,
+                        tokenizer_max_bytes)
+
     # -------------------------------------------------------------------------
     # set-up: the processes, device, dtype and optimizer
-    rank, world_size, run_device = setup_distributed(device)
+    rank, world_size, run_device = setup_distributed(run_device, dist_timeout_s)
     master = rank == 0
     if world_size > 1:
         # Once DDP has held the gloo process group, its threads outlive destroy_process_group and can abort the
@@ -202,8 +233,6 @@ if __name__ == "__main__":
         # rank leaves at exit with os._exit, past that teardown: 0 after a finished run, 1 after an error.
         outcome = {"status": 1}  # set to 0 when the run has finished
         atexit.register(leave_before_teardown, outcome)
-    if grad_accum_steps % world_size:
-        raise SystemExit(f"grad_accum_steps={grad_accum_steps} must be a multiple of the {world_size} processes")
     accum_per_rank = grad_accum_steps // world_size
     device_type = run_device.split(":")[0]
     if device_type == "cpu":
@@ -216,16 +245,9 @@ if __name__ == "__main__":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     peak, peak_source = peak_flops(run_device, getattr(torch, run_dtype))
-
-    # -------------------------------------------------------------------------
-    # data: prepare.py makes the corpus, tokenizer and token ids that are not cached yet. Under torchrun the master
-    # makes them while the others wait, then find them cached.
-    if not master:
-        dist.barrier()
-    data = prepare_data(data_path, cache_dir, vocab_size, val_fraction)
-    if master and world_size > 1:
-        dist.barrier()
+    # the data's sizes: tokens in each split, bytes of the held-out text
     ids_paths, ids_dtype, tokenizer_sha = data["ids_paths"], data["ids_dtype"], data["tokenizer_sha256"]
+    end_id = Tokenizer.load(data["tokenizer_path"]).special_tokens[END]
     n_train_tokens, n_val_tokens = (len(np.memmap(ids_paths[split], dtype=ids_dtype, mode="r"))
                                     for split in ("train", "val"))
     n_tokens = n_train_tokens + n_val_tokens
@@ -233,7 +255,7 @@ if __name__ == "__main__":
         raise SystemExit(f"{data_path} gives {n_tokens:,} tokens, too few for a train and validation split of "
                          f"windows of max_seq_len={max_seq_len}; use a larger file or a smaller max_seq_len")
     # bits per byte = nats per token * tokens per byte / ln 2, with the bytes of the validation text itself
-    val_tokens_per_byte = n_val_tokens / os.path.getsize(data["text_paths"]["val"])
+    val_tokens_per_byte = n_val_tokens / data["text_bytes"]["val"]
     tokens_per_iter = grad_accum_steps * batch_size * max_seq_len
     if n_epochs > 0:
         epoch_iters = math.ceil(n_epochs * n_train_tokens / tokens_per_iter)
@@ -321,7 +343,7 @@ if __name__ == "__main__":
               f"{peak / 1e12:.3g} TFLOP/s per process, {peak_source}")
     progress = tqdm(total=max_iters, initial=iter_num, disable=not master, dynamic_ncols=True)
     run_start = time.time()
-    step_time, tokens_per_sec, mfu = 0.0, 0.0, 0.0
+    step_time, tokens_per_sec, mfu, full_bpb = 0.0, 0.0, 0.0, None
     while True:
         evaluating = iter_num % eval_interval == 0 or iter_num >= max_iters
         if evaluating and master and not (iter_num == start_iter and init_from == "resume"):  # the checkpoint has it
@@ -330,14 +352,19 @@ if __name__ == "__main__":
                 raise non_finite_stop("evaluation losses", f"{losses['train']} (train) and {losses['val']} (validation)",
                                       iter_num, checkpoint_path, last_saved_iter)
             val_bpb = losses["val"] * val_tokens_per_byte / math.log(2)
+            elapsed_s = time.time() - run_start  # before the full pass below, which is no training time
+            # at the end, every held-out token once as well: the figure to compare (the estimate is for the curve)
+            full_bpb = (held_out_bits_per_byte(eval_model, ids_paths["val"], ids_dtype, end_id,
+                                               data["text_bytes"]["val"], autocast) if iter_num >= max_iters else None)
             append_log(out_dir, {"iter": iter_num, "tokens": iter_num * tokens_per_iter,
                                  "train_loss": f"{losses['train']:.4f}", "val_loss": f"{losses['val']:.4f}",
-                                 "val_bpb": f"{val_bpb:.4f}",
+                                 "val_bpb": f"{val_bpb:.4f}", "val_bpb_full": "" if full_bpb is None else f"{full_bpb:.4f}",
                                  "lr": f"{learning_rate * lr_scale(max(iter_num - 1, 0), max_iters):.3e}",
                                  "tokens_per_sec": f"{tokens_per_sec:.0f}", "mfu": f"{mfu:.3f}",
-                                 "elapsed_s": f"{time.time() - run_start:.1f}"})
+                                 "elapsed_s": f"{elapsed_s:.1f}"})
             progress.write(f"iter {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}, "
-                           f"val {val_bpb:.3f} bits/byte")
+                           f"val {val_bpb:.3f} bits/byte (estimate from {eval_iters} batches)" + (
+                               "" if full_bpb is None else f"; every held-out token once: {full_bpb:.3f} bits/byte"))
             best_val_loss = min(best_val_loss, losses["val"])
         finished = iter_num >= max_iters
         if world_size > 1 and not finished:  # every rank must stop at the same step
@@ -410,7 +437,8 @@ if __name__ == "__main__":
         print(f"rank {rank}: weights sha256 {digest.hexdigest()}", flush=True)
     if master and iter_num >= max_iters:  # finished, not interrupted
         saved = f"checkpoint {checkpoint_path}" if iter_num > start_iter else "no steps to take, so nothing saved"
-        print(f"done in {time.time() - run_start:.0f}s; best val loss {best_val_loss:.4f}; {saved}")
+        full = "" if full_bpb is None else f"; every held-out token once: {full_bpb:.3f} bits per byte"
+        print(f"done in {time.time() - run_start:.0f}s; best val loss {best_val_loss:.4f}{full}; {saved}")
     if world_size > 1:
         dist.destroy_process_group()
         outcome["status"] = 0  # the run finished: leave_before_teardown exits with 0

@@ -1,6 +1,8 @@
-# About GPT-2 small (124M parameters with a 50k vocabulary) for one or more GPUs:
-#   torchrun --standalone --nproc_per_node=8 pretrain.py config/gpt2_small.py --data_path=URL_OR_FILE
+# About GPT-2 small (124M parameters with a 50k vocabulary) for one or more GPUs, on a corpus of some GB you give:
+#   torchrun --standalone --nproc_per_node=8 pretrain.py config/gpt2_small.py --data_path=FOLDER_OR_FILE_OR_URL
 out_dir = "out-gpt2-small"
+data_path = ""  # none: pretrain.py and prepare.py ask for --data_path, as the default corpus is far too small
+val_fraction = 0.0005  # a few MB of a corpus of some GB: enough to measure, and little kept from training
 vocab_size = 32768
 d_model = 768
 n_heads = 12
