@@ -193,6 +193,15 @@ def load_optimizer_states(optimizers, states):
             group.update(setting)
 
 
+def step_optimizers(model, optimizers, grad_clip):
+    """Clip the gradients' norm to grad_clip (0 does not clip), take every optimizer's step and clear the gradients."""
+    if grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    for opt in optimizers:
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+
 def resume_optimizers(optimizers, checkpoint, optimizer_name, checkpoint_path, script, start_again):
     """load_optimizer_states from a checkpoint saved by script ('pretrain.py', 'finetune.py'), refusing in one
     sentence, which ends with start_again (what to do instead), one saved by another optimizer or with other

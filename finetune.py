@@ -43,7 +43,7 @@ from bpe import Tokenizer
 from configurator import configure
 from common import (END, PROMPT, RESPONSE, answer_ids, append_log, check_settings, checked_tokenizer_path,
                     copy_tokenizer, file_sha256, load_checkpoint, non_finite_stop, restore_rng_state,
-                    resume_optimizers, rng_state, save_checkpoint, setup_device, stop_on_ctrl_c)
+                    resume_optimizers, rng_state, save_checkpoint, setup_device, step_optimizers, stop_on_ctrl_c)
 from model import GPT, GPTConfig
 from sandbox import defines_function, run_checks
 
@@ -789,11 +789,7 @@ if __name__ == "__main__":
         if not math.isfinite(loss.item()):
             raise non_finite_stop("loss", loss.item(), iter_num, checkpoint_path, last_saved_iter)
         loss.backward()
-        if grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-        for opt in optimizers:
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+        step_optimizers(model, optimizers, grad_clip)
         iter_num += 1
         train_loss = loss.item() if train_loss is None else 0.9 * train_loss + 0.1 * loss.item()
         progress.update(1)

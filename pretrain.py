@@ -27,7 +27,8 @@ from bpe import Tokenizer
 from configurator import configure
 from common import (END, append_log, autocast_for, copy_tokenizer, keep_freed_memory, load_checkpoint,
                     load_optimizer_states, non_finite_stop, peak_flops, pick_device, pick_dtype, pick_optimizer,
-                    restore_rng_state, rng_state, save_checkpoint, score_every_token, stop_on_ctrl_c)
+                    restore_rng_state, rng_state, save_checkpoint, score_every_token, step_optimizers,
+                    stop_on_ctrl_c)
 from model import GPT, GPTConfig
 from prepare import check_data_settings, prepare_once
 
@@ -416,11 +417,7 @@ if __name__ == "__main__":
         step_loss = step_loss.item()
         if not math.isfinite(step_loss):
             raise non_finite_stop("loss", step_loss, iter_num, checkpoint_path, last_saved_iter)
-        if grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-        for opt in optimizers:
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+        step_optimizers(model, optimizers, grad_clip)
         iter_num += 1
 
         step_time = 0.9 * step_time + 0.1 * (time.time() - t0) if iter_num - start_iter > 1 else time.time() - t0
