@@ -2,7 +2,7 @@
 bench.py: speed, memory and quality measurements, one section per command-line argument.
 
     python bench.py tokenizer [--data=PATH] [--runs=5]   # bpe.py: training, encoding, decoding, memory
-    python bench.py prepare [--data=PATH] [--vocab_size=32768] [--mb=320] [--rev=HEAD~]  # prepare.py's stages
+    python bench.py prepare [--data=PATH] [--vocab_size=32768] [--mb=320] [--rev=eeac0cc~]  # prepare.py's stages
     python bench.py train                                  # training tokens/s and MFU against the measured peak
     python bench.py nanogpt [--path=../nanoGPT]            # our training step against nanoGPT's (clone it first)
     python bench.py bf16                                   # float32 against bfloat16 autocast on CPU
@@ -205,59 +205,55 @@ mark("end")
 """
 
 
-def tree_usage(root):
-    """(CPU seconds, resident bytes) of process root and its live descendants (Linux /proc); a process's CPU time
-    includes the children it has waited for, so a worker that ended still counts."""
-    children, fields = {}, {}
-    for pid in map(int, filter(str.isdigit, os.listdir("/proc"))):
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                fields[pid] = f.read().rsplit(")", 1)[1].split()  # from the state (field 3) on
-            children.setdefault(int(fields[pid][1]), []).append(pid)
-        except OSError:
-            continue
-    cpu = rss = 0
-    todo = [root]
-    while todo:
-        pid = todo.pop()
-        cpu += sum(map(int, fields.get(pid, [0] * 22)[11:15]))  # utime, stime, cutime, cstime
-        rss += int(fields.get(pid, [0] * 22)[21])
-        todo += children.get(pid, [])
-    return cpu / os.sysconf("SC_CLK_TCK"), rss * os.sysconf("SC_PAGE_SIZE")
+def tree_rss(pid):
+    """Resident bytes of process pid and its descendants (Linux)."""
+    try:
+        with open(f"/proc/{pid}/statm") as f, open(f"/proc/{pid}/task/{pid}/children") as children:
+            return (int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") +
+                    sum(tree_rss(int(child)) for child in children.read().split()))
+    except OSError:  # it has ended
+        return 0
 
 
 def stage_usage(*args):
-    """Run PREPARE_STAGES with args, its processes sampled every 0.1 s: {stage: (wall seconds, CPU seconds of all
-    its processes, their peak resident bytes summed)}."""
+    """Run PREPARE_STAGES with args: {stage: (wall seconds, CPU seconds of its processes, the peak of their resident
+    bytes summed, sampled every 0.1 s)}. Workers end within their stage, so the script's CPU time includes theirs."""
     child = subprocess.Popen([sys.executable, "-c", PREPARE_STAGES, *args], stdout=subprocess.PIPE, text=True, cwd=HERE)
     marks, samples, done = [], [], threading.Event()
-    threading.Thread(target=lambda: [(samples.append((time.time(), *tree_usage(child.pid))), time.sleep(0.1))
+
+    def cpu_seconds():  # of the script and the workers it has waited for
+        with open(f"/proc/{child.pid}/stat") as f:
+            return sum(map(int, f.read().rsplit(")", 1)[1].split()[11:15])) / os.sysconf("SC_CLK_TCK")
+    threading.Thread(target=lambda: [(samples.append((time.time(), tree_rss(child.pid))), time.sleep(0.1))
                                      for _ in iter(done.is_set, True)], daemon=True).start()
     for line in child.stdout:
-        if line.startswith('["'):  # a stage begins; the other output is left aside
-            marks.append((json.loads(line)[0], time.time(), *tree_usage(child.pid)))
+        if line.startswith('["'):  # a stage begins; other output is left aside
+            marks.append((json.loads(line)[0], time.time(), cpu_seconds()))
+            samples.append((time.time(), tree_rss(child.pid)))
     done.set()
     if child.wait():
         sys.exit(f"the stages of {args} failed; see above")
-    return {stage: (t1 - t0, cpu1 - cpu0, max([rss for t, _, rss in samples if t0 <= t <= t1] + [rss0, rss1]))
-            for (stage, t0, cpu0, rss0), (_, t1, cpu1, rss1) in zip(marks, marks[1:])}
+    return {stage: (t1 - t0, cpu1 - cpu0, max((rss for t, rss in samples if t0 <= t <= t1), default=0))
+            for (stage, t0, cpu0), (_, t1, cpu1) in zip(marks, marks[1:])}
 
 
 def seconds_until(args, cwd, text):
     """Seconds from starting a script until it prints a line with text (then it is stopped)."""
     t0 = time.perf_counter()
-    with subprocess.Popen([sys.executable, "-u", *args], cwd=cwd, stdout=subprocess.PIPE, text=True) as child:
+    with subprocess.Popen([sys.executable, "-u", *args], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                          text=True) as child:
         next(line for line in child.stdout if text in line)
         child.kill()
     return time.perf_counter() - t0
 
 
-def bench_prepare(data=None, vocab_size=32768, mb=320, rev="HEAD~"):
-    """prepare.py's stages on a corpus (by default one file of up to mb MB of this machine's Python source, built
-    here), with this code and that of commit rev: wall time, MB/s, CPU use (the CPU time of all its processes / wall
-    time) and peak resident memory (summed over them) of each; then pretrain.py config/small.py from a fresh cache to
-    its first evaluation, which comes before the first step; HF tokenizers' Rust trainer on the same training text;
-    and from the measured rates, an estimate for a 40 GB corpus on 32 cores."""
+def bench_prepare(data=None, vocab_size=32768, mb=320, rev="eeac0cc~"):
+    """prepare.py's stages on a corpus (by default up to mb MB of this machine's Python source in one file, built
+    here), with this code and that of commit rev (by default the last before prepare.py read folders on every core):
+    wall time, MB/s, CPU use (CPU time of all its processes / wall time) and peak resident memory (summed over them)
+    of each; pretrain.py config/small.py from a fresh cache to its first evaluation, just before the first step; HF
+    tokenizers' Rust trainer on the same training text; and from the rates measured, a 40 GB corpus on 32 cores."""
+    import glob
     import io
     import tarfile
     sys.path.insert(0, HERE)
@@ -266,17 +262,16 @@ def bench_prepare(data=None, vocab_size=32768, mb=320, rev="HEAD~"):
         if data is None:
             data, written = os.path.join(d, "python.txt"), 0
             with open(data, "w", encoding="utf-8") as out:
-                for folder, folders, files in os.walk(sysconfig.get_paths()["stdlib"]):  # site-packages inside
-                    folders.sort()
-                    for name in sorted(f for f in files if f.endswith(".py")):
-                        try:
-                            with open(os.path.join(folder, name), encoding="utf-8") as f:
-                                text = f.read()
-                        except (OSError, UnicodeDecodeError):
-                            continue
-                        if written + len(text.encode()) <= float(mb) * 1e6:
-                            written += out.write(("<|endoftext|>" if written else "") + text)
-        code = {rev: os.path.join(d, "old"), "now": HERE}
+                for path in sorted(glob.glob(f"{sysconfig.get_paths()['stdlib']}/**/*.py", recursive=True)):
+                    try:
+                        with open(path, encoding="utf-8") as f:
+                            text = f.read()
+                    except (OSError, UnicodeDecodeError):
+                        continue
+                    if written + len(text.encode()) <= float(mb) * 1e6:
+                        out.write(("<|endoftext|>" if written else "") + text)
+                        written += len(text.encode()) + len("<|endoftext|>")
+        code = {rev: os.path.join(d, "then"), "now": HERE}
         tar = subprocess.run(["git", "-C", HERE, "archive", rev], capture_output=True, check=True).stdout
         tarfile.open(fileobj=io.BytesIO(tar)).extractall(code[rev])
         train_mb = split_documents([data], [os.path.getsize(data)], 0.1)[0][0][2] / 1e6
@@ -286,26 +281,29 @@ def bench_prepare(data=None, vocab_size=32768, mb=320, rev="HEAD~"):
                                        f"--out_dir={d}/out"], code[label], "iter 0:") for label in code}
         hf = importlib.util.find_spec("tokenizers") and stage_usage("hf", data, str(int(train_mb * 1e6)),
                                                                     str(vocab_size))["train"]
-    size = {"split": os.path.getsize(data) / 1e6, "count": train_mb, "merges": train_mb}
+        size = {"split": os.path.getsize(data) / 1e6, "count": train_mb, "merges": train_mb}
     size["encode"] = size["split"]
+
+    def cells(usage, mb_done):  # wall, MB/s, CPU use, peak RSS
+        wall, cpu, rss = usage
+        return f"{wall:.1f} s", f"{mb_done / wall:.1f}", f"{cpu / wall:.2f}", f"{rss / 1e6:.0f} MB"
     rows = [("stage", *[f"{label}: {what}" for label in code for what in ("wall", "MB/s", "CPU use", "peak RSS")])]
-    for stage, mb_done in [*size.items(), ("HF tokenizers' BpeTrainer (Rust), same training text", train_mb)]:
-        rows.append((stage, *[x for label in code for wall, cpu, rss in [stages[label].get(stage, hf or (0, 0, 0))]
-                              for x in ((f"{wall:.1f} s", f"{mb_done / wall:.1f}", f"{cpu / wall:.2f}",
-                                         f"{rss / 1e6:.0f} MB") if wall and (label == "now" or stage in size) else
-                                        [""] * 4)]))
-    rows.append((f"pretrain.py config/small.py to its first evaluation, fresh cache (now / {rev}: "
-                 f"{first['now'] / first[rev]:.2f}x)", f"{first[rev]:.1f} s", "", "", "", f"{first['now']:.1f} s", "", "", ""))
+    rows += [(stage, *cells(stages[rev][stage], mb_done), *cells(stages["now"][stage], mb_done))
+             for stage, mb_done in size.items()]
+    rows.append((f"pretrain.py config/small.py to its first evaluation, from a fresh cache (now / {rev}: "
+                 f"{first['now'] / first[rev]:.2f}x)", f"{first[rev]:.1f} s", *[""] * 3, f"{first['now']:.1f} s",
+                 *[""] * 3))
+    rows.append(("HF tokenizers' BpeTrainer (Rust), the same training text", *[""] * 4,
+                 *(cells(hf, train_mb) if hf else ["not installed (pip install tokenizers)", *[""] * 3])))
     print_table(f"prepare.py on {size['split']:.0f} MB ({os.path.basename(data)}), vocabulary {vocab_size}; "
-                f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the end"
-                f"{'' if hf else '; HF tokenizers not installed (pip install tokenizers to compare)'}", rows)
-    # 40 GB on 32 cores from each stage's MB per CPU-second here: all of it split and encoded; counted: 2 GB now
-    # (tokenizer_max_bytes), all of it before, alone; merges as measured times the square root of the growth in
-    # counted text (distinct chunks grow about so: Heaps' law); encoding before on 31 processes (cpu_count - 1)
-    for label, counted in ((rev, 36e3), ("now", 2e3)):
-        cores = {"split": 1 if label == rev else 32, "count": 1 if label == rev else 32, "encode": 32 - (label == rev)}
-        estimate = {stage: (40e3 if stage != "count" else counted) / size[stage] * stages[label][stage][1] / cores[stage]
-                    for stage in cores}
+                f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the end", rows)
+    # 40 GB on 32 cores from each stage's MB per CPU-second here: all of it split and encoded, on 1 core then and
+    # 32 now (31 for encoding then: cpu_count - 1); counted: all of it then, on 1, at most 2 GB now
+    # (tokenizer_max_bytes); merges as measured, times the square root of the growth in text counted (distinct
+    # chunks grow about so: Heaps' law)
+    for label, counted, cores in ((rev, 36e3, 1), ("now", 2e3, 32)):
+        estimate = {stage: (counted if stage == "count" else 40e3) / size[stage] * stages[label][stage][1] /
+                    (31 if label == rev and stage == "encode" else cores) for stage in ("split", "count", "encode")}
         estimate["merges"] = stages[label]["merges"][0] * (counted / train_mb) ** 0.5
         print(f"{label}: 40 GB on 32 cores in about {sum(estimate.values()) / 60:.0f} minutes (" +
               ", ".join(f"{stage} {seconds / 60:.1f}" for stage, seconds in estimate.items()) + ")")
@@ -498,10 +496,7 @@ def bench_train(repeats=5):
     rows = [("nanoGPT CPU shape", {**SMALL, "bias": False}, 12, 10), ("  same, bias=True", SMALL, 12, 10),
             ("  same, dropout=0.1", {**SMALL, "dropout": 0.1}, 12, 10), ("wider", {**WIDER, "bias": False}, 8, 2),
             ("  same, bias=True", WIDER, 8, 2), ("config/small.py", CONFIG_SMALL, _small["batch_size"], 10)]
-    print(f"training, fp32, {torch.get_num_threads()} threads; each repeat times its steps and measures the "
-          f"matmul peak next to them; medians of {repeats} repeats")
-    print(f"| {'shape':<20} | {'L/H/C/FF':<14} | batch x ctx | params | ms/iter | tokens/s | peak GFLOP/s | MFU   | dropped |")
-    print(f"|{'-' * 22}|{'-' * 16}|-------------|--------|---------|----------|--------------|-------|---------|")
+    table = [("shape", "L/H/C/FF", "batch x ctx", "params", "ms/iter", "tokens/s", "peak GFLOP/s", "MFU", "dropped")]
     for name, config, batch_size, steps in rows:
         model, step = train_step_fn(config, batch_size)
         for _ in range(3):
@@ -517,10 +512,11 @@ def bench_train(repeats=5):
         tokens_per_sec = batch_size * config["max_seq_len"] / (ms / 1e3)
         mfu = statistics.median(model.flops_per_token() * batch_size * config["max_seq_len"] / t / p
                                 for t, p in zip(times, peaks))
-        shape = f"{config['n_layers']}/{config['n_heads']}/{config['d_model']}/{config['d_ff']}"
-        print(f"| {name:<20} | {shape:<14} | {batch_size:>4} x {config['max_seq_len']:<4} | "
-              f"{model.num_params() / 1e6:5.2f}M | {ms:7.1f} | {tokens_per_sec:8.0f} | {peak / 1e9:12.0f} | "
-              f"{mfu:5.1%} | {dropped:>7} |")
+        table.append((name, f"{config['n_layers']}/{config['n_heads']}/{config['d_model']}/{config['d_ff']}",
+                      f"{batch_size} x {config['max_seq_len']}", f"{model.num_params() / 1e6:.2f}M", f"{ms:.1f}",
+                      f"{tokens_per_sec:.0f}", f"{peak / 1e9:.0f}", f"{mfu:.1%}", dropped))
+    print_table(f"training, fp32, {torch.get_num_threads()} threads; each repeat times its steps and measures the "
+                f"matmul peak next to them; medians of {repeats} repeats", table)
 
 
 def bench_optimizer(repeats=5):
@@ -720,19 +716,17 @@ def bench_sample(new_tokens=500, repeats=3):
     ways = [("KV cache (default)", lambda: model.generate(prompt, new_tokens, top_k=50)),
             ("use_cache=False", lambda: model.generate(prompt, new_tokens, top_k=50, use_cache=False)),
             (f"last {L}, no cache", nanogpt_loop)]
-    print(f"sampling {new_tokens} tokens after a {L}-token prompt, batch 1, {WIDER['n_layers']}/{WIDER['n_heads']}/"
-          f"{WIDER['d_model']}/{WIDER['d_ff']} context {L}, {torch.get_num_threads()} threads; "
-          f"medians of {repeats} repeats")
-    print("| method               | seconds | tokens/s | cache speed-up | dropped |")
-    print("|----------------------|---------|----------|----------------|---------|")
+    rows, cached = [("method", "seconds", "tokens/s", "cache speed-up", "dropped")], None
     ways[0][1]()  # warm-up
-    cached = None
     for name, run in ways:
         runs = [quiet_timing(run, tries=5) for _ in range(repeats)]
         seconds = statistics.median(t for t, _, _ in runs)
         cached = cached or seconds
-        print(f"| {name:<20} | {seconds:7.2f} | {new_tokens / seconds:8.1f} | {seconds / cached:13.1f}x | "
-              f"{sum(d for _, _, d in runs):>7} |")
+        rows.append((name, f"{seconds:.2f}", f"{new_tokens / seconds:.1f}", f"{seconds / cached:.1f}x",
+                     sum(d for _, _, d in runs)))
+    print_table(f"sampling {new_tokens} tokens after a {L}-token prompt, batch 1, {WIDER['n_layers']}/"
+                f"{WIDER['n_heads']}/{WIDER['d_model']}/{WIDER['d_ff']} context {L}, {torch.get_num_threads()} "
+                f"threads; medians of {repeats} repeats", rows)
 
 
 # run in a fresh interpreter so that nothing else this process did counts towards the peak
@@ -740,8 +734,7 @@ MEMORY_SCRIPT = """
 import sys, torch
 from common import keep_freed_memory
 from model import GPT, GPTConfig
-config = GPTConfig(vocab_size=65, d_model=128, n_heads=4, n_layers=4, d_ff=512, max_seq_len=64, dropout=0.0)
-model = GPT(config)
+model = GPT(GPTConfig(vocab_size=65, d_model=128, n_heads=4, n_layers=4, d_ff=512, max_seq_len=64, dropout=0.0))
 if sys.argv[1].startswith("train"):
     keep_freed_memory()  # as pretrain.py does on CPU
     (optimizer,) = model.configure_optimizers("adamw", 1e-3, 0.1, (0.9, 0.95), "cpu")
@@ -761,15 +754,13 @@ print(next(int(line.split()[1]) for line in open("/proc/self/status") if line.st
 
 
 def bench_memory():
-    here = os.path.dirname(os.path.abspath(__file__))
-    print("peak resident memory (VmHWM) of a fresh process at the nanoGPT CPU shape")
-    print("| process                                      | peak RSS |")
-    print("|----------------------------------------------|----------|")
+    rows = [("process", "peak RSS")]
     for what, label in (("import", "python + import torch + model only"), ("train", "train: 20 steps, batch 12 x 64"),
                         ("train-bf16", "the same under bfloat16 autocast"), ("sample", "sample: 500 tokens, KV cache")):
-        out = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT, what], cwd=here, capture_output=True, text=True,
+        out = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT, what], cwd=HERE, capture_output=True, text=True,
                              check=True).stdout
-        print(f"| {label:<44} | {int(out.split()[-1]) / 1024:4.0f} MiB |")
+        rows.append((label, f"{int(out.split()[-1]) / 1024:.0f} MiB"))
+    print_table("peak resident memory (VmHWM) of a fresh process at the nanoGPT CPU shape", rows)
 
 
 def run_timed(args, cwd=HERE):
@@ -963,9 +954,9 @@ def bench_compress(runs="out", cache_dir="data/cache"):
     print_table(f"held-out bits per byte, every token once, each given the training text first; {os.cpu_count()} "
                 f"CPUs, {torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f} at the end", rows)
 
-SECTIONS = {"tokenizer": bench_tokenizer, "prepare": bench_prepare, "train": bench_train, "nanogpt": bench_nanogpt, "bf16": bench_bf16,
-            "allocator": bench_allocator, "sample": bench_sample, "memory": bench_memory, "quality": bench_quality,
-            "pretrain": bench_pretrain, "plot": bench_plot, "finetune": bench_finetune,
+SECTIONS = {"tokenizer": bench_tokenizer, "prepare": bench_prepare, "train": bench_train, "nanogpt": bench_nanogpt,
+            "bf16": bench_bf16, "allocator": bench_allocator, "sample": bench_sample, "memory": bench_memory,
+            "quality": bench_quality, "pretrain": bench_pretrain, "plot": bench_plot, "finetune": bench_finetune,
             "optimizer": bench_optimizer, "head": bench_head, "compress": bench_compress}
 
 if __name__ == "__main__":

@@ -16,12 +16,10 @@ encode_reference; the Tokenizer after them is the fast version, and gives the sa
 
 import array
 import codecs
-import hashlib
 import json
 import os
 import pickle
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -150,7 +148,6 @@ MAX_VOCAB = 0x10FFFF  # ids are characters, and one character is kept back to be
 _NO_TOKEN = chr(MAX_VOCAB)  # it is larger than every token, and it separates chunks that are joined
 _NO_TOKENS = repeat(_NO_TOKEN)  # an endless default for map(dict.get, keys, _NO_TOKENS)
 _BULK_MERGES = 64  # see _encode_chunks
-_WINDOW = 1 << 16  # bytes read before the end of a block of a file to find where to cut it (_pieces)
 _U32 = next(c for c in "IL" if array.array(c).itemsize == 4)  # array typecode of a 32-bit id
 _UTF32 = "utf-32-le" if sys.byteorder == "little" else "utf-32-be"
 # _PAIRS[n](w) is the tuple of the n - 1 adjacent pairs of a token string w of length n, cut by one C call (faster
@@ -161,45 +158,38 @@ _PAIRS = [itemgetter(*[slice(i, i + 2) for i in range(max(n - 1, 2))]) for n in 
 # helpers
 
 
-def _not_utf8(path, error):
-    return (f"{path} is not UTF-8 text (byte 0x{error.object[error.start]:02x} cannot start or continue a character); "
-            f"convert it to UTF-8 first")
-
-
-def _decode(data, path, final=True):
-    """data as UTF-8 text; with final=False, a character cut off at the end is left out. A byte that is not
-    UTF-8 is one sentence that names the file."""
+def decode_utf8(data, path, final=True):
+    """data (from the file path) as text; with final=False, without a character cut off at its end."""
     try:
         return codecs.getincrementaldecoder("utf-8")().decode(data, final)
     except UnicodeDecodeError as e:
-        raise ValueError(_not_utf8(path, e)) from None
+        raise ValueError(f"{path} is not UTF-8 text (byte 0x{e.object[e.start]:02x} cannot start or continue a "
+                         f"character); convert it to UTF-8 first") from None
 
 
 def _read_text(path, start, end):
     """The text of bytes start..end of a UTF-8 file."""
     with open(path, "rb") as f:
         f.seek(start)
-        return _decode(f.read(end - start), path)
+        return decode_utf8(f.read(end - start), path)
 
 
 def _pieces(path, start, end, block_chars, specials=(), cuttable=True):
     """Yield (start, end) byte ranges of about block_chars bytes that cover bytes start..end of a UTF-8 file, each
-    ending where _LAST_CUT finds a place and not inside a special token, so that each chunks as it does within the
-    whole. Only _WINDOW bytes before each cut are read. The rule is made for SPLIT_PATTERN: with cuttable=False
-    (another pattern) the range is one piece."""
+    ending where _LAST_CUT finds a place, not inside a special token, so that each chunks as it does in the whole.
+    The rule is made for SPLIT_PATTERN: with cuttable=False (another pattern) the range is one piece."""
     if block_chars < 1:
         raise ValueError(f"block_chars is {block_chars}; it must be at least 1")
-    longest = max(map(len, specials), default=1)
-    target = start + block_chars
+    longest, target = max(map(len, specials), default=1), start + block_chars
     with open(path, "rb") as f:
         while cuttable and target < end:
-            window_start = max(start, target - _WINDOW)
+            window_start = max(start, target - (1 << 16))  # the last 64 KiB before the target end
             f.seek(window_start)
             window = f.read(target - window_start)
             skip = next((i for i in range(min(4, len(window))) if window[i] & 0xC0 != 0x80), 0)  # inside a character
-            text = _decode(window[skip:], path, final=False)
-            # the last place to cut, longest - 1 characters before the window's end (what follows could complete a
-            # special token), where no special token straddles it, seen whole: the window starts at start, or earlier
+            text = decode_utf8(window[skip:], path, final=False)
+            # the last place to cut that is longest - 1 characters from the end (what follows could end a special
+            # token) and that no special token straddles, seen whole: the window starts at start, or that far before
             edge, cut = len(text) - longest + 1, 0
             while edge > 0 and (m := _LAST_CUT.match(text, 0, edge)):
                 cut = m.end()
@@ -216,16 +206,13 @@ def _pieces(path, start, end, block_chars, specials=(), cuttable=True):
     yield start, end
 
 
-def _ranges(source):
-    """A file, or a list of (path, start, end) byte ranges of files, as such a list."""
-    if isinstance(source, (str, os.PathLike)):
-        return [(source, 0, os.path.getsize(source))]
-    return [(path, start, end) for path, start, end in source]
+def _ranges(source):  # a file, or a list of (path, start, end) byte ranges of files, as such a list
+    return [(source, 0, os.path.getsize(source))] if isinstance(source, (str, os.PathLike)) else list(source)
 
 
 def _batches(ranges, block_chars, specials, cuttable):
-    """The pieces of all ranges, gathered into lists of about block_chars bytes, the work of one process at a time:
-    [(path, start, end, first), ...], first telling whether a piece starts a range other than the first."""
+    """The pieces of all ranges in lists of about block_chars bytes, a task each: [(path, start, end, first), ...],
+    first telling whether a piece starts a range other than the first."""
     batch, size = [], 0
     for k, (path, start, end) in enumerate(ranges):
         for a, b in _pieces(path, start, end, block_chars, specials, cuttable):
@@ -281,37 +268,31 @@ def _training_specials(vocab_size, special_tokens):
 
 
 def map_in_order(function, tasks, num_workers, shared=None):
-    """Yield function(task, shared) for each task, in order: here if num_workers <= 1, else in num_workers worker
-    processes, each sent shared once and at most two tasks at a time, so that memory stays bounded. function is one
-    of this file's. The workers are fresh interpreters that import this file alone: multiprocessing's 'fork' can
-    hang a child on a lock that another thread (numpy and torch start some) held, and its 'spawn' and 'forkserver'
-    import the caller's script again, torch and all, in every worker."""
+    """Yield function(task, shared) (a function of this file) for each task, in order: here if num_workers <= 1,
+    else in num_workers fresh interpreters of this file alone, sent shared once and two tasks at most at a time.
+    multiprocessing's 'fork' can hang a child on a lock another thread (numpy's, torch's) held; its 'spawn' and
+    'forkserver' import the caller's script, torch and all, in every worker."""
     if num_workers <= 1:
         yield from (function(task, shared) for task in tasks)
         return
-    here = os.path.dirname(os.path.abspath(__file__))
-    command = [sys.executable, "-c", f"import sys; sys.path.insert(0, {here!r}); import bpe; bpe._serve()"]
-    workers = [subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE) for _ in range(num_workers)]
-
-    def answer(worker):
-        try:
-            done, result = pickle.load(worker.stdout)
-        except EOFError:
-            raise ChildProcessError(f"a worker process of bpe.py ended (status {worker.wait()}) before it answered")
-        if not done:
-            raise result  # the worker's exception, such as a ValueError for a file that is not UTF-8
-        return result
+    command = [sys.executable, "-c", f"import sys; sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r}); "
+                                     f"import bpe; bpe._serve()"]
+    workers = [subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, start_new_session=True)
+               for _ in range(num_workers)]  # a session of their own: Ctrl-C is for the parent, which ends them
+    messages = chain([shared] * num_workers, ((function.__name__, task) for task in tasks))
+    pending = deque()  # the workers, in the order of the tasks they hold
     try:
-        pending = deque()  # the workers, in the order of the tasks they hold
-        for k, message in enumerate(chain([shared] * num_workers, ((function.__name__, task) for task in tasks))):
-            pickle.dump(message, workers[k % num_workers].stdin)  # in turn: each task to the worker just answered
-            workers[k % num_workers].stdin.flush()
-            if k >= num_workers:
-                pending.append(workers[k % num_workers])
-            if len(pending) >= 2 * num_workers:
-                yield answer(pending.popleft())
-        while pending:
-            yield answer(pending.popleft())
+        for k, message in enumerate(chain(messages, [None] * 2 * num_workers)):  # then None, to collect the rest
+            if message is not None:
+                worker = workers[k % num_workers]  # in turn: each task goes to the worker that answered last
+                pickle.dump(message, worker.stdin)
+                worker.stdin.flush()
+                pending.extend([worker] if k >= num_workers else [])
+            if pending and (message is None or len(pending) >= 2 * num_workers):
+                done, result = pickle.load(pending.popleft().stdout)  # EOFError if the worker was killed
+                if not done:
+                    raise result  # the worker's exception, such as a ValueError for a file that is not UTF-8
+                yield result
     finally:  # done, or stopped by an error: the workers end
         for worker in workers:
             worker.kill()
@@ -319,71 +300,47 @@ def map_in_order(function, tasks, num_workers, shared=None):
 
 
 def _serve():
-    """A worker of map_in_order: reads shared, then (function name, task) pairs from stdin, and writes (True,
-    result) or (False, exception) to stdout for each, until it is ended."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the parent, which then ends the workers
-    requests, replies = sys.stdin.buffer, os.fdopen(os.dup(1), "wb")
-    os.dup2(2, 1)  # anything printed goes to stderr, not among the replies
-    shared = pickle.load(requests)
-    while True:
-        try:
-            name, task = pickle.load(requests)
-        except EOFError:  # the parent has gone
-            return
-        try:
-            reply = (True, globals()[name](task, shared))
-        except Exception as e:
-            reply = (False, e)
-        pickle.dump(reply, replies)
-        replies.flush()
+    """map_in_order's worker: answers each (function name, task) with (True, result) or (False, error)."""
+    requests, replies = sys.stdin.buffer, sys.stdout.buffer
+    try:
+        shared = pickle.load(requests)
+        for name, task in iter(lambda: pickle.load(requests), None):  # until EOFError
+            try:
+                reply = (True, globals()[name](task, shared))
+            except Exception as e:
+                reply = (False, e)
+            pickle.dump(reply, replies)
+            replies.flush()
+    except (EOFError, BrokenPipeError):  # the parent has gone
+        return
+
+
+def _count_chunks(texts, special_tokens, pattern):
+    """Chunk -> count in texts, leaving out the special tokens."""
+    split, counts = _compile(pattern), Counter()
+    ascii_split = re.compile(_ASCII_SPLIT_PATTERN) if pattern == SPLIT_PATTERN else split
+    for text in texts:
+        for piece in _special_splitter(special_tokens).split(text)[::2] if special_tokens else [text]:
+            counts.update(_chunks(ascii_split if piece.isascii() else split, piece))  # isascii() is O(1)
+    return counts
 
 
 def _count_batch(batch, shared):
-    """(chunk -> count, bytes read) over the pieces of a batch, leaving out the special tokens."""
-    special_tokens, pattern = shared
-    split = _compile(pattern)
-    ascii_split = re.compile(_ASCII_SPLIT_PATTERN) if pattern == SPLIT_PATTERN else split
-    splitter = special_tokens and _special_splitter(special_tokens)
-    counts = Counter()
-    for path, start, end, _ in batch:
-        text = _read_text(path, start, end)
-        for piece in splitter.split(text)[::2] if splitter else [text]:
-            counts.update(_chunks(ascii_split if piece.isascii() else split, piece))  # isascii() is O(1)
-    return counts, sum(end - start for _, start, end, _ in batch)
-
-
-def sha256_utf8(batch, shared=None):
-    """For each (path, start, end) byte range of a file in batch, whose ends are at characters: (sha256 of its
-    bytes as hex, None), or (None, the sentence saying that they are not UTF-8 text). For map_in_order."""
-    out = []
-    for path, start, end in batch:
-        with open(path, "rb") as f:
-            f.seek(start)
-            data = f.read(end - start)
-        try:
-            data.isascii() or data.decode("utf-8")
-            out.append((hashlib.sha256(data).hexdigest(), None))
-        except UnicodeDecodeError as e:
-            out.append((None, _not_utf8(path, e)))
-    return out
+    """(chunk -> count, bytes read) in a batch's pieces: shared is (special tokens, pattern)."""
+    return _count_chunks((_read_text(p, s, e) for p, s, e, _ in batch), *shared), sum(e - s for _, s, e, _ in batch)
 
 
 def _encode_batch(batch, shared):
-    """The ids of a batch's pieces as bytes, the separator's id before each piece that starts a range."""
-    tokenizer, allowed_special, typecode, separator = shared
-    out = []
+    """A batch's ids as bytes, the separator's id (if not None) before each piece that starts a range."""
+    tokenizer, allowed_special, typecode, separator_id = shared
+    ids = array.array(typecode)
     for path, start, end, first in batch:
-        if first:
-            out.append(separator)
-        out.append(_ids_to_bytes(tokenizer.encode(_read_text(path, start, end), allowed_special), typecode))
-    return b"".join(out)
-
-
-def _ids_to_bytes(ids, typecode):
-    a = array.array(typecode, ids)
+        if first and separator_id is not None:
+            ids.append(separator_id)
+        ids.extend(tokenizer.encode(_read_text(path, start, end), allowed_special))
     if sys.byteorder == "big":
-        a.byteswap()  # the file is little-endian everywhere, as numpy's "<u2" reads it
-    return a.tobytes()
+        ids.byteswap()  # the file is little-endian everywhere, as numpy's "<u2" reads it
+    return ids.tobytes()
 
 
 # -----------------------------------------------------------------------------
@@ -466,33 +423,29 @@ class Tokenizer:
         pair is left). Occurrences of the special tokens in text are left out of the counts.
         progress, if given, is called as progress("merge", merges_done, merges_wanted)."""
         special_tokens = _training_specials(vocab_size, special_tokens)
-        split, counts = _compile(pattern), Counter()
-        for piece in _special_splitter(special_tokens).split(text)[::2] if special_tokens else [text]:
-            counts.update(_chunks(split, piece))
+        counts = _count_chunks([text], special_tokens, pattern)
         return cls._from_counts(counts, vocab_size, special_tokens, pattern, progress)
 
     @classmethod
     def train_file(cls, path, vocab_size, special_tokens=(), pattern=SPLIT_PATTERN, progress=None, block_chars=1 << 22,
                    num_workers=1, max_bytes=None):
-        """train() on UTF-8 text of any size: path is a file, or a list of (path, start, end) byte ranges of files,
-        each a text of its own (the documents of a corpus). Chunks are counted block by block, by num_workers
-        processes; each block's counts are those it has within the whole, so the sum, and the merges, are the same
-        whatever their number. With max_bytes, learn from about that many bytes: every k-th block, spread
-        evenly across the text. progress is also called as progress("count", bytes_counted, bytes_to_count)."""
+        """train() on UTF-8 text of any size: a file, or a list of (path, start, end) byte ranges of files, each a text
+        of its own (a corpus's documents). Chunks are counted block by block by num_workers processes; a block's counts
+        are those it has in the whole, so their sum and the merges never depend on the number. With max_bytes, learn
+        from every k-th block: about that many bytes, spread over the text. Also progress("count", done, to_do)."""
         special_tokens = _training_specials(vocab_size, special_tokens)
         _compile(pattern)  # a pattern that cannot work is found out before any reading
         ranges = _ranges(path)
         total = sum(end - start for _, start, end in ranges)
-        every = 1 if max_bytes is None or total <= max_bytes else -(-total // max_bytes)
-        if every > 1:
-            block_chars = min(block_chars, max_bytes)
-        batches = islice(_batches(ranges, block_chars, special_tokens, pattern == SPLIT_PATTERN), 0, None, every)
+        every = max(1, -(-total // max_bytes)) if max_bytes else 1  # every k-th block, k = total / max_bytes rounded up
+        batches = islice(_batches(ranges, min(block_chars, max_bytes or block_chars), special_tokens,
+                                  pattern == SPLIT_PATTERN), 0, None, every)
         counts, done = Counter(), 0
         for batch_counts, n_bytes in map_in_order(_count_batch, batches, num_workers, (special_tokens, pattern)):
             counts.update(batch_counts)
+            done += n_bytes
             if progress:
-                done += n_bytes
-                progress("count", done, total if every == 1 else min(total, max_bytes))
+                progress("count", done, min(total, max_bytes or total))
         return cls._from_counts(counts, vocab_size, special_tokens, pattern, progress)
 
     @classmethod
@@ -666,11 +619,9 @@ class Tokenizer:
 
     def encode_file(self, in_path, out_path, dtype="uint16", num_workers=1, allowed_special=(), block_chars=1 << 20,
                     separator=None):
-        """Encode UTF-8 text of any size to raw little-endian ids (np.memmap can read them), block by block; with
-        num_workers > 1 the blocks are encoded by a process pool, in order. Gives exactly the ids of encode(whole
-        text). in_path is a file, or a list of (path, start, end) byte ranges of files, each a text of its own, with
-        the special token `separator` between them if given (the documents of a corpus, <|endoftext|> between).
-        Returns the number of ids written."""
+        """Encode UTF-8 text of any size to raw little-endian ids (np.memmap reads them) block by block, by num_workers
+        processes: encode(whole text)'s ids. in_path is a file, or a list of (path, start, end) byte ranges of files,
+        each a text (a corpus's documents), separator (a special token) between them if given. Returns the id count."""
         bits = {"uint16": 16, "uint32": 32}.get(dtype)
         if bits is None:
             raise ValueError(f"dtype {dtype!r} is not 'uint16' or 'uint32'")
@@ -683,12 +634,12 @@ class Tokenizer:
         ranges = _ranges(in_path)
         if os.path.exists(out_path) and any(os.path.exists(p) and os.path.samefile(p, out_path) for p, _, _ in ranges):
             raise ValueError(f"encode_file would overwrite its input {out_path}; give another out_path")
-        separator = b"" if separator is None else _ids_to_bytes([self._special[separator]], typecode)
         batches = _batches(ranges, block_chars, allowed, self.pattern == SPLIT_PATTERN)
         n = 0
         try:
             with open(out_path, "wb") as out:
-                for ids in map_in_order(_encode_batch, batches, num_workers, (self, allowed, typecode, separator)):
+                for ids in map_in_order(_encode_batch, batches, num_workers,
+                                        (self, allowed, typecode, self._special.get(separator))):
                     n += out.write(ids)
         except BaseException:  # a bad file or Ctrl-C half way: leave no partial output that looks complete
             if os.path.exists(out_path):
@@ -771,14 +722,14 @@ if __name__ == "__main__":
         from tqdm import tqdm
     except ImportError:  # no progress bars, then
         tqdm = None
-    bars = {}  # stage -> its bar
+    bars = {}  # stage -> its progress bar
 
     def progress(stage, done, total):
-        if tqdm and stage not in bars:
-            bars[stage] = tqdm(total=total, desc=stage, unit="B" if stage == "count" else " merges",
-                               unit_scale=stage == "count", mininterval=0.5)
         if tqdm:
-            bars[stage].update(done - bars[stage].n)
+            bar = bars.get(stage) or bars.setdefault(stage, tqdm(total=total, desc=stage, mininterval=0.5,
+                                                                 unit="B" if stage == "count" else " merges",
+                                                                 unit_scale=stage == "count"))
+            bar.update(done - bar.n)
 
     t0 = time.perf_counter()
     try:

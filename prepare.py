@@ -24,8 +24,9 @@ import stat
 import sysconfig
 import time
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 
-from bpe import Tokenizer, map_in_order, sha256_utf8
+from bpe import Tokenizer, decode_utf8
 from common import END, SPECIAL_TOKENS
 from configurator import configure
 
@@ -41,7 +42,7 @@ skip_bad_files = False  # True: leave out files that are not UTF-8 text, naming 
 tokenizer_max_bytes = 2_000_000_000  # the tokenizer learns from at most about this much of the training text
 # -----------------------------------------------------------------------------
 
-HASH_PIECE = 16 << 20  # files are checked and hashed in pieces of this many bytes, a process each
+HASH_PIECE = 16 << 20  # files are checked and hashed in pieces of this many bytes, a thread each
 LAUNCH_VARIABLES = ("TORCHELASTIC_RUN_ID", "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RESTART_COUNT")  # of a torchrun
 
 
@@ -157,11 +158,26 @@ def hash_pieces(path, size):
     return [(path, start, end) for start, end in zip(starts, starts[1:] + [size])]
 
 
+def check_and_hash(piece):
+    """(sha256, None) of a (path, start, end) byte range of a file that starts and ends at characters, or (None,
+    the sentence saying that it is not UTF-8 text)."""
+    path, start, end = piece
+    with open(path, "rb") as f:
+        f.seek(start)
+        data = f.read(end - start)
+    try:
+        data.isascii() or decode_utf8(data, path)
+    except ValueError as e:
+        return None, str(e)
+    return hashlib.sha256(data).hexdigest(), None
+
+
 def hash_files(paths, cache_dir, skip_bad_files, workers):
-    """The sha256 of each file, or None for one that is not UTF-8 text; each file is read once, on every core, and
-    its result kept in cache_dir/hashes.json under its path, size and modification time (read again if they
-    change). A file over HASH_PIECE bytes is named by the sha256 of its pieces' sha256s. A file that is not UTF-8
-    text stops the run in one sentence that names it, with nothing written, or with skip_bad_files is named."""
+    """The sha256 of each file, or None for one that is not UTF-8 text, read once: the hash is kept in
+    cache_dir/hashes.json under the file's path, size and modification time, and found again until they change. Files
+    are read in pieces of HASH_PIECE bytes by workers threads (hashlib lets go of the GIL), and a larger file is
+    named by the sha256 of its pieces' sha256s. A file that is not UTF-8 text stops the run in one sentence that
+    names it, with nothing written, or with skip_bad_files is named and left out."""
     record_path = os.path.join(cache_dir, "hashes.json")
     try:
         with open(record_path, encoding="utf-8") as f:
@@ -174,29 +190,27 @@ def hash_files(paths, cache_dir, skip_bad_files, workers):
     if todo:
         t0 = time.time()
         pieces = [hash_pieces(paths[k], stats[k].st_size) for k in todo]
-        batches, batch = [], []  # a small file is one piece of its own, so pieces are gathered to about HASH_PIECE
-        for piece in (piece for file_pieces in pieces for piece in file_pieces):
-            batch.append(piece)
-            if sum(end - start for _, start, end in batch) >= HASH_PIECE:
-                batches.append(batch)
-                batch = []
-        results = iter([result for done in map_in_order(sha256_utf8, batches + [batch], workers) for result in done])
-        for k, file_pieces in zip(todo, pieces):
-            digests, errors = zip(*[next(results) for _ in file_pieces])
-            if any(errors) and not skip_bad_files:
-                raise SystemExit(next(e for e in errors if e))
-            if any(errors):
-                print(f"left out: {next(e for e in errors if e)}")
-            sha = None if any(errors) else digests[0] if len(digests) == 1 else \
-                hashlib.sha256("".join(digests).encode()).hexdigest()
-            known[keys[k]] = [stats[k].st_size, stats[k].st_mtime_ns, sha]
+        with ThreadPoolExecutor(workers) as pool:
+            results = pool.map(check_and_hash, [piece for file_pieces in pieces for piece in file_pieces])
+            for k, file_pieces in zip(todo, pieces):
+                digests, errors = zip(*[next(results) for _ in file_pieces])
+                error = next((e for e in errors if e), None)
+                if error and not skip_bad_files:
+                    pool.shutdown(cancel_futures=True)  # no reading on
+                    raise SystemExit(error)
+                if error:  # not kept, so checked again next time
+                    print(f"left out: {error}")
+                    continue
+                if len(digests) > 1:  # a large file: the sha256 of its pieces' sha256s
+                    digests = [hashlib.sha256("".join(digests).encode()).hexdigest()]
+                known[keys[k]] = [stats[k].st_size, stats[k].st_mtime_ns, digests[0]]
         tmp = f"{record_path}.tmp{os.getpid()}"
         with open(tmp, "w", encoding="utf-8") as f:
             json.dump(known, f)
         os.replace(tmp, record_path)
         print(f"checked and hashed {len(todo):,} file(s), {sum(stats[k].st_size for k in todo) / 1e6:.1f} MB, in "
               f"{time.time() - t0:.1f}s; the hashes are kept in {record_path}")
-    return [known[key][2] for key in keys]
+    return [known.get(key, [None] * 3)[2] for key in keys]
 
 
 def split_documents(paths, sizes, val_fraction):
@@ -280,14 +294,14 @@ def prepare_data(data_path, cache_dir, vocab_size, val_fraction, extensions=data
         documents = [(path, os.path.getsize(path), sha) for path, sha in zip(paths, shas)
                      if sha and os.path.getsize(path)]  # an empty file is no document
         if not documents:
-            what = "a directory with no text in its files" if os.path.isdir(data_path) else "an empty file" if \
-                len(paths) == 1 else "a glob that matches no text"
+            what = ("a directory with no text in its files" if os.path.isdir(data_path) else
+                    "an empty file" if len(paths) == 1 else "a glob that matches no text")
             raise SystemExit(f"data_path {data_path} is {what}; give UTF-8 text with some text in it")
         paths, sizes, shas = zip(*documents)
         splits = dict(zip(("train", "val"), split_documents(paths, sizes, val_fraction)))
         # named after the file, or the folder or glob, and a hash of the text
         one_file = os.path.isfile(data_path) or data_path.startswith(("http://", "https://"))
-        stem = os.path.splitext(os.path.basename(paths[0]))[0] if one_file else os.path.basename(data_path.rstrip("/"))
+        stem = os.path.splitext(os.path.basename(paths[0] if one_file else data_path.rstrip("/")))[0]
         corpus_sha = shas[0] if len(shas) == 1 else hashlib.sha256("\n".join(shas).encode()).hexdigest()
         name = f"{re.sub(r'[^0-9A-Za-z_.-]+', '_', stem)}-{corpus_sha[:12]}-val{val_fraction}"
         tokenizer, tokenizer_path, tokenizer_sha, ids_paths, ids_dtype = prepare_tokens(

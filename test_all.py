@@ -1313,6 +1313,8 @@ def test_prepare_at_scale_a_file_that_is_not_utf8_is_refused_by_name_or_left_out
                                                    val_fraction=0.5))  # a glob, this time
     assert "left out" in result.stdout and "2.txt is not UTF-8 text" in result.stdout
     assert _split_texts(tmp_path / "cache") == [texts["1.txt"], texts["3.txt"]]
+    result = run_script("prepare.py", prepare_args(tmp_path, f"{corpus}/*.txt", val_fraction=0.5), check=False)
+    assert result.returncode != 0 and "2.txt is not UTF-8 text" in result.stderr  # left out once, not forever
 
 
 def test_prepare_at_scale_each_file_is_hashed_once_and_a_change_is_noticed(tmp_path):
