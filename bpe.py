@@ -278,7 +278,7 @@ def map_in_order(function, tasks, num_workers, shared=None):
     command = [sys.executable, "-c", f"import sys; sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r}); "
                                      f"import bpe; bpe._serve()"]
     workers = [subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, start_new_session=True)
-               for _ in range(num_workers)]  # a session of their own: Ctrl-C is for the parent, which ends them
+               for _ in range(num_workers)]  # their own process group: Ctrl-C is for the parent, which ends them
     messages = chain([shared] * num_workers, ((function.__name__, task) for task in tasks))
     pending = deque()  # the workers, in the order of the tasks they hold
     try:
