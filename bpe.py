@@ -8,10 +8,9 @@ bpe.py: a byte-level BPE tokenizer (GPT-4 style) in one file, standard library o
 
 Command line: python bpe.py TEXT_FILE --vocab_size=4096 --out=tokenizer.json
 
-Ids 0..255 are the bytes, merge i makes id 256 + i, special tokens come after every merge.
-Text is first cut into chunks by a regex (letters, digits, punctuation, whitespace), and merges never
-cross a chunk boundary. The file starts with BPE in its plainest form, train_reference and
-encode_reference; the Tokenizer after them is the fast version, and gives the same merges and ids.
+Ids 0..255 are the bytes, merge i makes id 256 + i, special tokens come after every merge. Text is first cut into
+chunks by a regex (letters, digits, punctuation, whitespace); merges never cross a chunk boundary. The file starts
+with BPE in its plainest form, train_reference and encode_reference, then the fast Tokenizer that agrees with them.
 """
 
 import array
@@ -29,10 +28,9 @@ from itertools import chain, islice, repeat
 from operator import add, itemgetter
 
 # -----------------------------------------------------------------------------
-# the split pattern: GPT-4's (cl100k), rewritten for Python's re, which has no \p{L} or \p{N}.
-# In re, [^\W\d_] is a letter, \d a digit, and "[^\s\w]|_" anything that is not one of those nor
-# whitespace, so every character lands in some chunk and no text is silently dropped. One difference:
-# numerals that are not decimal digits (², ½, Ⅻ) are not \d but are \w to re, so they count as letters here.
+# the split pattern: GPT-4's (cl100k), for Python's re, which has no \p{L} or \p{N}: [^\W\d_] is a letter, \d a
+# digit, "[^\s\w]|_" anything else but whitespace, so every character lands in some chunk and none is dropped.
+# Numerals that are not decimal digits (², ½, Ⅻ) are \w but not \d to re, so they count as letters here.
 
 SPLIT_PATTERN = "|".join([
     r"'(?i:[sdmt]|ll|ve|re)",       # contractions: 's 'd 'm 't 'll 've 're, in any case
@@ -47,9 +45,9 @@ SPLIT_PATTERN = "|".join([
 
 
 # -----------------------------------------------------------------------------
-# the reference: BPE in its plainest form, in the spirit of minbpe. It recounts every pair of every chunk
-# for each merge, so it is slow, but it is the definition: the fast Tokenizer further down must give exactly
-# its merges and ids, and test_all.py checks that it does.
+# the reference: BPE in its plainest form, in the spirit of minbpe. It recounts every pair of every chunk for each
+# merge, so it is slow, but it is the definition: the fast Tokenizer further down must give exactly its merges and
+# ids, and test_all.py checks that it does.
 
 
 def count_pairs(ids, counts):
@@ -119,14 +117,13 @@ def encode_reference(text, merges, pattern=SPLIT_PATTERN):
 
 
 # -----------------------------------------------------------------------------
-# the fast tokenizer. Inside, a token sequence is a str with one character per token (chr(id)), so that
-# merging a pair everywhere in a chunk is one str.replace and counting it is one str.count, both in C, and
-# both scan left to right without overlap: in "aaaa" the pair "aa" counts 2, as merge_pair replaces 2.
+# the fast tokenizer. Inside, a token sequence is a str with one character per token (chr(id)), so that merging a
+# pair everywhere in a chunk is one str.replace and counting it one str.count, both in C, and both scan left to
+# right without overlap: in "aaaa" the pair "aa" counts 2, as merge_pair replaces 2.
 
-# SPLIT_PATTERN for ASCII text, with \w \d \s and letters spelled out as ASCII classes, which re tests
-# with a bitmap instead of Unicode lookups (a split almost twice as fast). On ASCII characters Unicode \s is
-# [\t-\r\x1c- ] (\x1c-\x1f are whitespace to Python), and (?:[^\s\w]|_) is what is neither whitespace nor
-# a letter or digit. test_all.py checks that both patterns give the same chunks.
+# SPLIT_PATTERN for ASCII text, with \w \d \s and letters spelled out as ASCII classes, which re tests with a bitmap
+# instead of Unicode lookups (a split almost twice as fast). On ASCII, Unicode \s is [\t-\r\x1c- ] (\x1c-\x1f are
+# whitespace to Python). test_all.py checks that both patterns give the same chunks.
 _ASCII_SPLIT_PATTERN = "|".join([
     r"'(?i:[sdmt]|ll|ve|re)",
     r"[^\r\n0-9A-Za-z_]?[A-Za-z]+",
@@ -138,9 +135,9 @@ _ASCII_SPLIT_PATTERN = "|".join([
     r"[\t-\r\x1c- ]+",
 ])
 
-# Places where a chunk always ends, whatever comes next: a letter before a non-letter, a digit before a
-# non-digit, a non-space before a space, a newline before a non-space. Nothing in the split pattern looks
-# across them, so text cut there chunks exactly as the whole does. The greedy .* finds the last one.
+# Places where a chunk always ends, whatever comes next: a letter before a non-letter, a digit before a non-digit, a
+# non-space before a space, a newline before a non-space. Nothing in the split pattern looks across them, so text
+# cut there chunks exactly as the whole does. The greedy .* finds the last one.
 _LAST_CUT = re.compile(r"(?s:.*)(?:[^\W\d_](?=[\W\d_])|\d(?=\D)|\S(?= )|\n(?=\S))")
 
 FORMAT, VERSION = "bpe.py tokenizer", 1
@@ -249,7 +246,7 @@ def _unique(special_tokens):
     if isinstance(special_tokens, str):  # list("<s>") would make three special tokens of one character each
         raise ValueError(f"special_tokens is the string {special_tokens!r}, not a list of strings")
     if isinstance(special_tokens, (set, frozenset)):  # ids are given in order, and a set's order changes by run
-        raise ValueError(f"special_tokens is a set, whose order (and so the ids) differs from run to run; give a list")
+        raise ValueError("special_tokens is a set, whose order (and so the ids) differs from run to run; give a list")
     special_tokens = list(special_tokens)
     if len(set(special_tokens)) != len(special_tokens):
         raise ValueError(f"special tokens {special_tokens} contain a duplicate")
@@ -269,9 +266,8 @@ def _training_specials(vocab_size, special_tokens):
 
 def map_in_order(function, tasks, num_workers, shared=None):
     """Yield function(task, shared) (a function of this file) for each task, in order: here if num_workers <= 1,
-    else in num_workers fresh interpreters of this file alone, sent shared once and two tasks at most at a time.
-    multiprocessing's 'fork' can hang a child on a lock another thread (numpy's, torch's) held; its 'spawn' and
-    'forkserver' import the caller's script, torch and all, in every worker."""
+    else in num_workers fresh interpreters of this file alone (not multiprocessing, whose 'fork' can hang on a lock
+    that numpy's or torch's threads held, and whose 'spawn' imports the caller's script, torch and all)."""
     if num_workers <= 1:
         yield from (function(task, shared) for task in tasks)
         return
@@ -279,20 +275,24 @@ def map_in_order(function, tasks, num_workers, shared=None):
                                      f"import bpe; bpe._serve()"]
     workers = [subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, start_new_session=True)
                for _ in range(num_workers)]  # their own process group: Ctrl-C is for the parent, which ends them
-    messages = chain([shared] * num_workers, ((function.__name__, task) for task in tasks))
+    messages = chain([pickle.dumps(shared)] * num_workers,  # pickled once, as it may hold a large cache
+                     (pickle.dumps((function.__name__, task)) for task in tasks))
     pending = deque()  # the workers, in the order of the tasks they hold
     try:
         for k, message in enumerate(chain(messages, [None] * 2 * num_workers)):  # then None, to collect the rest
             if message is not None:
                 worker = workers[k % num_workers]  # in turn: each task goes to the worker that answered last
-                pickle.dump(message, worker.stdin)
+                worker.stdin.write(message)
                 worker.stdin.flush()
                 pending.extend([worker] if k >= num_workers else [])
             if pending and (message is None or len(pending) >= 2 * num_workers):
-                done, result = pickle.load(pending.popleft().stdout)  # EOFError if the worker was killed
+                done, result = pickle.load(pending.popleft().stdout)
                 if not done:
                     raise result  # the worker's exception, such as a ValueError for a file that is not UTF-8
                 yield result
+    except (EOFError, BrokenPipeError):  # a worker has ended without answering
+        raise RuntimeError(f"a worker process ended before it answered (exit codes {[w.poll() for w in workers]}; -9 "
+                           f"is a kill, often for lack of memory); free some memory or use fewer workers") from None
     finally:  # done, or stopped by an error: the workers end
         for worker in workers:
             worker.kill()
@@ -331,16 +331,12 @@ def _count_batch(batch, shared):
 
 
 def _encode_batch(batch, shared):
-    """A batch's ids as bytes, the separator's id (if not None) before each piece that starts a range."""
-    tokenizer, allowed_special, typecode, separator_id = shared
-    ids = array.array(typecode)
-    for path, start, end, first in batch:
-        if first and separator_id is not None:
-            ids.append(separator_id)
-        ids.extend(tokenizer.encode(_read_text(path, start, end), allowed_special))
-    if sys.byteorder == "big":
-        ids.byteswap()  # the file is little-endian everywhere, as numpy's "<u2" reads it
-    return ids.tobytes()
+    """A batch's ids as little-endian bytes (codec: 'utf-16-le' or 'utf-32-le' turns token characters into them), the
+    separator's token character (if not "") before each piece that starts a range."""
+    tokenizer, allowed_special, codec, separator = shared
+    tokens = [(separator if first else "") + tokenizer._tokens(_read_text(path, start, end), allowed_special)
+              for path, start, end, first in batch]
+    return "".join(tokens).encode(codec, "surrogatepass")
 
 
 # -----------------------------------------------------------------------------
@@ -349,7 +345,7 @@ def _encode_batch(batch, shared):
 
 class Tokenizer:
 
-    def __init__(self, merges=(), special_tokens=(), pattern=SPLIT_PATTERN, cache_size=1 << 18, *, _trained=False):
+    def __init__(self, merges=(), special_tokens=(), pattern=SPLIT_PATTERN, cache_size=1 << 20, *, _trained=False):
         """merges: (a, b) id pairs in rank order; special_tokens: strings (ids given in order after the
         merges) or a dict string -> id; pattern: the split regex; cache_size: how many chunks' encodings
         to keep before starting over. Raises ValueError if these are inconsistent."""
@@ -386,10 +382,9 @@ class Tokenizer:
         self._splitters = {}  # frozenset of allowed specials -> regex that splits text at them
         self._cache = {}      # chunk -> its tokens, as a str of token characters
         self.cache_size = cache_size
-        # Fast path: a chunk whose bytes are one token is that token, as long as BPE on those bytes
-        # really ends there. Every token learned by train() does: the pair it merged was found inside
-        # a chunk, and no merge before it crossed the pair's edges there, so the bytes alone merge the
-        # same way. A merge list from elsewhere need not, so it is checked.
+        # Fast path: a chunk whose bytes are one token is that token, as long as BPE on those bytes really ends
+        # there. Every token learned by train() does: the pair it merged was found inside a chunk, and no merge
+        # before it crossed the pair's edges there. A merge list from elsewhere need not, so it is checked.
         words = [vocab[i].decode("latin-1") for i in range(256, n)]
         ends = map(chr, range(256, n)) if _trained else self._bpe(words)
         self._whole = {w: e for w, e in zip(words, ends) if len(e) == 1}  # token bytes as latin-1 -> token
@@ -410,9 +405,6 @@ class Tokenizer:
     @property
     def vocab_size(self):
         return 256 + len(self._merges) + len(self._special)
-
-    def __getstate__(self):  # sent to encode_file's workers: leave the cache behind
-        return dict(self.__dict__, _cache={})
 
     # -------------------------------------------------------------------------
     # training
@@ -450,16 +442,17 @@ class Tokenizer:
 
     @classmethod
     def _from_counts(cls, counts, vocab_size, special_tokens, pattern, progress):
-        """Learn merges from chunk -> frequency. Each distinct chunk is a str of token characters;
-        pair counts are kept in a dict, with an index pair -> chunks that contain it and a heap of
-        (-count, pair) whose stale entries are skipped, so a merge touches only the chunks it changes."""
+        """Learn merges from chunk -> frequency. Each distinct chunk is a str of token characters; pair counts are kept
+        in a dict, with an index pair -> chunks that contain it and a heap of (-count, pair) whose stale entries are
+        skipped, so a merge touches only the chunks it changes."""
         n_merges = vocab_size - 256 - len(special_tokens)
         if progress:
             progress("merge", 0, n_merges)
-        words, freqs = [], []
+        chunks, words, freqs = [], [], []
         for chunk, f in counts.items():
             w = chunk.encode("utf-8").decode("latin-1")  # one character per byte, chr(byte)
             if len(w) > 1:
+                chunks.append(chunk)
                 words.append(w)
                 freqs.append(f)
         count, where = {}, {}  # pair -> count; pair -> indices of the words it has been in
@@ -517,15 +510,20 @@ class Tokenizer:
                 progress("merge", len(merges), n_merges)
         if progress:
             progress("merge", len(merges), n_merges)
-        return cls(merges, special_tokens, pattern, _trained=True)
+        tokenizer = cls(merges, special_tokens, pattern, _trained=True)
+        # each word holds its chunk's tokens now (see _encode_chunks): the most frequent fill half the cache
+        if len(words) > tokenizer.cache_size // 2:
+            top = sorted(range(len(words)), key=freqs.__getitem__, reverse=True)[:tokenizer.cache_size // 2]
+            chunks, words = [chunks[i] for i in top], [words[i] for i in top]
+        tokenizer._cache.update(zip(chunks, words))
+        return tokenizer
 
     # -------------------------------------------------------------------------
     # encoding and decoding
 
     def _bpe(self, words, done=1):
-        """BPE on each token-character string in words: merge the lowest-ranked pair until no pair has a
-        rank (or only `done` tokens are left); merge ids grow with rank, so the smallest token character
-        found is the lowest rank. Returns the list of results."""
+        """BPE on each token-character string in words: merge the lowest-ranked pair (the smallest token character,
+        as ids grow with rank) until no pair has a rank or only `done` tokens are left. Returns the results."""
         rank, pair, pairs, no_token, no_tokens, out = self._rank.get, self._pair, _PAIRS, _NO_TOKEN, _NO_TOKENS, []
         for w in words:
             while (n := len(w)) > done:
@@ -537,12 +535,10 @@ class Tokenizer:
         return out
 
     def _encode_chunks(self, chunks):
-        """The tokens of each chunk, as strs of token characters. The first merges are needed by most
-        chunks, so they are applied to all chunks at once, one str.replace each on the chunks joined;
-        applying merges in rank order is the same as lowest-ranked-first, as a merge can only create
-        pairs of a later rank. Each chunk then finishes alone; past _BULK_MERGES merges, scanning all the
-        chunks costs more than it saves (NOTES.md, Tokenizer).
-        A chunk that BPE makes one token is caught by the fast path, so the others stop at 2 tokens."""
+        """The tokens of each chunk, as strs of token characters. The first merges are needed by most chunks, so they
+        are applied to all chunks at once, one str.replace each on the chunks joined (merges in rank order are the same
+        as lowest-ranked-first, as a merge can only create pairs of a later rank); past _BULK_MERGES merges each chunk
+        finishes alone (NOTES.md, Tokenizer). The fast path catches a chunk that is one token: the others stop at 2."""
         whole = self._whole
         words = [c if c.isascii() else c.encode("utf-8").decode("latin-1") for c in chunks]  # one character per byte
         joined = _NO_TOKEN.join(map(whole.get, words, words))  # fast path: a chunk that is one token
@@ -550,8 +546,8 @@ class Tokenizer:
             joined = joined.replace(p, t)
         return self._bpe(joined.split(_NO_TOKEN), done=2)
 
-    def encode_ordinary(self, text):
-        """Encode text as plain text: special-token strings in it are ordinary characters."""
+    def _ordinary_tokens(self, text):
+        """The tokens of text, special-token strings in it read as plain text, as a str of token characters."""
         chunks = _chunks(self._ascii_split if text.isascii() else self._split, text)  # isascii() is O(1)
         cache = self._cache
         new = set(chunks).difference(cache) if cache else set(chunks)  # iterated twice below, in the same order
@@ -559,8 +555,25 @@ class Tokenizer:
             cache.clear()  # keep memory bounded on huge corpora; a cold cache only costs time
             new = set(chunks)
         cache.update(zip(new, self._encode_chunks(new)))
-        tokens = "".join(map(cache.__getitem__, chunks))
-        return array.array(_U32, tokens.encode(_UTF32, "surrogatepass")).tolist()  # characters to ids, in C
+        return "".join(map(cache.__getitem__, chunks))
+
+    def _tokens(self, text, allowed_special):
+        """The tokens of text as a str of token characters, the special tokens in allowed_special as theirs."""
+        if not allowed_special:
+            return self._ordinary_tokens(text)
+        allowed = frozenset(allowed_special)
+        splitter = self._splitters.get(allowed)
+        if splitter is None:
+            unknown = allowed.difference(self._special)
+            if unknown:
+                raise ValueError(f"allowed_special names {sorted(unknown)}, which are not special tokens of this tokenizer")
+            splitter = self._splitters[allowed] = _special_splitter(allowed)
+        parts = splitter.split(text)  # the special tokens it kept are the odd parts
+        return "".join(chr(self._special[p]) if k % 2 else self._ordinary_tokens(p) for k, p in enumerate(parts))
+
+    def encode_ordinary(self, text):
+        """Encode text as plain text: special-token strings in it are ordinary characters."""
+        return array.array(_U32, self._ordinary_tokens(text).encode(_UTF32, "surrogatepass")).tolist()  # ids, in C
 
     def encode(self, text, allowed_special=()):
         """Encode text to ids. Text that looks like a special token is plain text unless that token is
@@ -569,22 +582,7 @@ class Tokenizer:
             if allowed_special != "all":
                 raise ValueError(f'allowed_special is {allowed_special!r}, not a set of special tokens or "all"')
             allowed_special = self._special
-        if not allowed_special:
-            return self.encode_ordinary(text)
-        allowed = frozenset(allowed_special)
-        splitter = self._splitters.get(allowed)
-        if splitter is None:
-            unknown = allowed.difference(self._special)
-            if unknown:
-                raise ValueError(f"allowed_special names {sorted(unknown)}, which are not special tokens of this tokenizer")
-            splitter = self._splitters[allowed] = _special_splitter(allowed)
-        ids = []
-        for k, part in enumerate(splitter.split(text)):
-            if k % 2:
-                ids.append(self._special[part])  # odd parts are the separators the split kept
-            elif part:
-                ids.extend(self.encode_ordinary(part))
-        return ids
+        return array.array(_U32, self._tokens(text, allowed_special).encode(_UTF32, "surrogatepass")).tolist()
 
     def decode_bytes(self, ids):
         """Ids to the bytes they stand for (one id may be part of a UTF-8 character)."""
@@ -629,17 +627,16 @@ class Tokenizer:
             raise ValueError(f"vocab_size {self.vocab_size} does not fit in {dtype}")
         if separator is not None and separator not in self._special:
             raise ValueError(f"separator {separator!r} is not a special token of this tokenizer")
-        typecode = next(c for c in "HILQ" if array.array(c).itemsize * 8 == bits)
         allowed = self._special if allowed_special == "all" else allowed_special
         ranges = _ranges(in_path)
         if os.path.exists(out_path) and any(os.path.exists(p) and os.path.samefile(p, out_path) for p, _, _ in ranges):
             raise ValueError(f"encode_file would overwrite its input {out_path}; give another out_path")
         batches = _batches(ranges, block_chars, allowed, self.pattern == SPLIT_PATTERN)
+        shared = (self, allowed, f"utf-{bits}-le", "" if separator is None else chr(self._special[separator]))
         n = 0
         try:
             with open(out_path, "wb") as out:
-                for ids in map_in_order(_encode_batch, batches, num_workers,
-                                        (self, allowed, typecode, self._special.get(separator))):
+                for ids in map_in_order(_encode_batch, batches, num_workers, shared):
                     n += out.write(ids)
         except BaseException:  # a bad file or Ctrl-C half way: leave no partial output that looks complete
             if os.path.exists(out_path):

@@ -96,8 +96,8 @@ def keep_freed_memory():
 
 def setup_device(device, dtype, optimizer):
     """What a training run's settings device, dtype and optimizer come to: (device, its type, dtype name, optimizer
-    name, the autocast context to run the model in). A name that cannot work is one SystemExit sentence. On a CPU,
-    each step then reuses the memory the last one freed (keep_freed_memory)."""
+    name, the autocast context to run the model in). A name that cannot work is one SystemExit sentence. Under
+    torchrun each process takes the GPU of its LOCAL_RANK."""
     if dtype not in ("auto", "float32", "bfloat16"):
         raise SystemExit(f"dtype must be 'auto', 'float32' or 'bfloat16', not '{dtype}'")
     if optimizer not in ("auto", "adamw", "muon"):
@@ -106,9 +106,13 @@ def setup_device(device, dtype, optimizer):
         run_device = pick_device(device)
     except ValueError as e:
         raise SystemExit(str(e))
+    if run_device == "cuda" and "LOCAL_RANK" in os.environ:  # under torchrun each process has its own GPU, chosen
+        run_device = f"cuda:{os.environ['LOCAL_RANK']}"  # before anything below starts CUDA on the first one
+        torch.cuda.set_device(run_device)
     device_type = run_device.split(":")[0]
-    if device_type == "cpu":
-        keep_freed_memory()
+    if device_type == "cuda":  # float32 matmuls in TensorFloat-32, set before the peak FLOP/s is timed
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
     run_dtype, run_optimizer = pick_dtype(dtype, run_device), pick_optimizer(optimizer, run_device)
     return run_device, device_type, run_dtype, run_optimizer, autocast_for(device_type, run_dtype)
 

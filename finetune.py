@@ -2,28 +2,16 @@
 Fine-tune a pretrained GPT on rated prompt/response pairs (a CSV with columns prompt,response,rating).
 
     python finetune.py config/finetune_small.py                     # after python pretrain.py config/small.py
-    python finetune.py config/finetune_small.py --rating_mode=weight
+    python finetune.py config/finetune_small.py --rating_mode=dpo   # weight, filter, condition, kto or dpo
     python finetune.py config/finetune_small.py --init_from=resume  # continue where the last run stopped
     python sample.py --out_dir=out-finetune --start="How do I reverse a list?"
 
-Each row becomes [<|prompt|>] prompt [<|response|>] response [<|endoftext|>], the parts encoded separately,
-and only the response and the end token are learned. rating_mode says what the ratings do:
-  weight     the loss of each row is scaled by rating/5 (the original project's behaviour)
-  filter     only rows rated at least min_rating are learned
-  condition  a token <|rating_k|> goes first, the model learns every row, learns to tell a row's own rating
-             from a contrasting one (5, or 1 for a 5-rated row), and under <|rating_5|> to rank each answer
-             against a differently rated answer to the same prompt; sampling asks for <|rating_5|>
-  kto        rows rated 4-5 are desirable and 1-2 undesirable (3 is left out), trained with KTO
-             (Ethayarajh et al. 2024) against the frozen pretrained model, so bad answers are pushed down
-  dpo        every higher-rated answer to a prompt is paired with every lower-rated one (equal ratings make
-             no pair), trained with DPO (Rafailov et al. 2023) against the frozen pretrained model, plus an
-             SFT term on the preferred answers that filter would learn
-Prompts are split into training and validation; every evaluation logs the response loss of each rating
-and the preference score (overall and per pair of ratings) to out_dir/log.csv, and in kto and dpo modes
-the reward margin of the training batches since the last evaluation. With --answer_checks=True the model
-then answers each held-out prompt that has checks (checks_path) greedily, and each answer is run against
-its prompt's checks in sandbox.py's limited child process: parse rate and pass rate are printed and every
-answer is written to out_dir/answers.csv. Run with --help to list every setting.
+Each row becomes [<|prompt|>] prompt [<|response|>] response [<|endoftext|>], the parts encoded separately, and
+only the response and the end token are learned. rating_mode says what the ratings do; each mode has one block
+below with its rows, its loss and what it logs. Prompts are split into training and validation; every
+evaluation logs the held-out response loss of each rating and the preference score to out_dir/log.csv. With
+--answer_checks=True the model then answers each held-out prompt that has checks greedily, sandbox.py runs the
+checks, and parse and pass rates are printed (every answer goes to out_dir/answers.csv). --help lists every setting.
 """
 import copy
 import dataclasses
@@ -32,7 +20,6 @@ import math
 import os
 import random
 import time
-from contextlib import nullcontext
 
 import pandas as pd
 import torch
@@ -42,7 +29,7 @@ from tqdm import tqdm
 from bpe import Tokenizer
 from configurator import configure
 from common import (END, PROMPT, RESPONSE, answer_ids, append_log, check_settings, checked_tokenizer_path,
-                    copy_tokenizer, file_sha256, load_checkpoint, non_finite_stop, restore_rng_state,
+                    copy_tokenizer, file_sha256, keep_freed_memory, load_checkpoint, non_finite_stop, restore_rng_state,
                     resume_optimizers, rng_state, save_checkpoint, setup_device, step_optimizers, stop_on_ctrl_c)
 from model import GPT, GPTConfig
 from sandbox import defines_function, run_checks
@@ -55,7 +42,7 @@ data_path = "data/fine_tune_data.csv"
 out_dir = "out-finetune"  # must differ from the pretrained run's directory, which is never written to
 skip_bad_rows = False  # True skips rows with a bad rating or an empty field (and says how many) instead of stopping
 # how ratings are used
-rating_mode = "filter"  # 'weight', 'filter', 'condition', 'kto' or 'dpo' (see above)
+rating_mode = "filter"  # 'weight', 'filter', 'condition', 'kto' or 'dpo' (their blocks below say what each does)
 min_rating = 4  # filter, and dpo's SFT term: the lowest rating that is learned
 condition_contrast = 1.0  # condition: weight of the contrast term (see contrast_loss); 0 turns it off
 condition_rank = 0.5  # condition: weight of the ranking term (see rank_loss); 0 turns it off
@@ -64,19 +51,14 @@ kto_beta = 0.1  # kto: how sharply the value function saturates in the log-proba
 kto_lambda_desirable = 1.0  # kto: weight of desirable rows
 kto_lambda_undesirable = 1.0  # kto: weight of undesirable rows (loss aversion when larger)
 dpo_beta = 0.1  # dpo: how sharply the loss saturates in the summed log-probability ratios (0.1 as in the paper)
-# dpo: weight of an SFT term, the mean loss per token of the preferred answers rated >= min_rating; without it
-# (0, the paper's loss) greedy answers stop being code, 0.3 parsed best (NOTES.md, Fine-tuning)
-dpo_sft = 0.3
+dpo_sft = 0.3  # dpo: weight of an SFT term on preferred answers rated >= min_rating (NOTES.md, Fine-tuning)
 # training
 max_iters = 150
 n_epochs = 0.0  # if > 0, train for this many passes over the training rows instead of max_iters
 eval_interval = 50
 val_fraction = 0.2  # of the prompts (with all their responses) held out
 batch_size = 16
-# 'adamw': AdamW for every weight; 'muon': torch.optim.Muon for the matrices inside the blocks and AdamW for the rest,
-# as in pretrain.py (measured better for fine-tuning too: NOTES.md, Fine-tuning); 'auto': muon where bfloat16 is
-# native, else adamw (common.py, pick_optimizer)
-optimizer = "auto"
+optimizer = "auto"  # 'adamw', or 'muon' for the blocks' matrices as in pretrain.py; 'auto': as common.pick_optimizer
 learning_rate = 3e-4  # AdamW's peak
 muon_lr = 3e-4  # Muon's peak (optimizer='muon')
 min_lr_ratio = 0.1
@@ -122,8 +104,7 @@ def read_rows(path):
     except pd.errors.ParserError as e:
         raise SystemExit(f"{path} is not valid CSV ({str(e).strip()}); quote fields that hold commas or newlines")
     df.columns = [str(c).strip().lower() for c in df.columns]
-    missing = [c for c in COLUMNS if c not in df.columns]
-    if missing:
+    if missing := [c for c in COLUMNS if c not in df.columns]:
         raise SystemExit(f"{path} has no column {', '.join(missing)} (found: {', '.join(df.columns)}); "
                          f"the header must name prompt, response and rating")
     df = df[list(COLUMNS)].apply(lambda column: column.str.strip())  # extra columns go
@@ -147,15 +128,14 @@ def clean_rows(df, path, skip_bad_rows=False):
     problems = [(bad_rating, "a rating that is not a whole number from 1 to 5"),
                 (empty & ~bad_rating, "an empty prompt or response")]
     for mask, what in problems:
-        index = list(df.index[mask])
-        if index and not skip_bad_rows:
-            raise SystemExit(f"{path}: {len(index)} row{'s have' if len(index) > 1 else ' has'} {what} (row "
-                             f"{row_list(index)}; the header is row 1); fix them or set skip_bad_rows=True to skip "
-                             f"them")
+        if mask.any() and not skip_bad_rows:
+            raise SystemExit(f"{path}: {mask.sum()} row{'s have' if mask.sum() > 1 else ' has'} {what} (row "
+                             f"{row_list(df.index[mask])}; the header is row 1); fix them or set skip_bad_rows=True "
+                             f"to skip them")
     bad = bad_rating | empty
     if bad.any():
-        print(f"skipped {int(bad.sum())} of {len(df)} rows of {path} with a bad rating or an empty prompt or "
-              f"response (rows {row_list(list(df.index[bad]))})")
+        print(f"skipped {bad.sum()} of {len(df)} rows of {path} with a bad rating or an empty prompt or "
+              f"response (rows {row_list(df.index[bad])})")
     df = df[~bad].copy()
     df["rating"] = rating[~bad].astype(int)
     return df.reset_index(drop=True)
@@ -169,9 +149,7 @@ def split_by_prompt(df, val_fraction, seed, path="the data"):
                          f"{'s' if len(prompts) != 1 else ''} after cleaning; at least 2 prompts are needed to hold "
                          f"some out for validation")
     random.Random(seed).shuffle(prompts)
-    n_val = min(len(prompts) - 1, max(1, round(val_fraction * len(prompts))))
-    val_prompts = set(prompts[:n_val])
-    is_val = df["prompt"].isin(val_prompts)
+    is_val = df["prompt"].isin(prompts[:min(len(prompts) - 1, max(1, round(val_fraction * len(prompts))))])
     return df[~is_val].reset_index(drop=True), df[is_val].reset_index(drop=True)
 
 
@@ -214,12 +192,9 @@ def encode_row(tokenizer, prompt, response, rating, condition, weight=1.0, desir
 
 
 def join(prefix, prompt_ids, reply, max_seq_len):
-    """Inputs x and targets y of one example, or None if the reply does not fit next to one prompt token.
-
-    x = prefix + prompt + [<|response|>] + response, y = x shifted left by one with -1 (ignored) at every position
-    whose next token is not part of the response or the end token: the first response token is the target at
-    the <|response|> position. A prompt that does not fit is cut from the left (its end matters most).
-    Returns (x, y, n_prompt_tokens_cut)."""
+    """(x, y, n_prompt_tokens_cut) of one example, or None if the reply does not fit beside one prompt token.
+    x = prefix + prompt + [<|response|>] + response; y is x shifted left by one, -1 (ignored) wherever the next
+    token is not the response's or the end token. A prompt too long is cut from the left (its end matters most)."""
     room = max_seq_len + 1 - len(prefix) - len(reply)  # x is one shorter than the full sequence
     if room < 1:
         return None
@@ -233,15 +208,14 @@ def prepare(tokenizer, df, rating_mode, max_seq_len):
     """Turn rows into Examples; returns (examples, n_prompts_cut, n_rows_skipped_as_too_long)."""
     examples, n_cut, n_long = [], 0, 0
     for row in df.itertuples(index=False):
-        weight, desirable = getattr(row, "weight", 1.0), getattr(row, "desirable", row.rating >= 4)
         example = encode_row(tokenizer, row.prompt, row.response, row.rating, rating_mode == "condition",
-                             weight, desirable)
+                             getattr(row, "weight", 1.0), getattr(row, "desirable", row.rating >= 4))
         joined = join(example.prefix, example.prompt_ids, example.reply, max_seq_len)
         if joined is None:
             n_long += 1
-            continue
-        n_cut += joined[2] > 0
-        examples.append(example)
+        else:
+            n_cut += joined[2] > 0
+            examples.append(example)
     return examples, n_cut, n_long
 
 
@@ -259,9 +233,8 @@ def collate(pairs, pad_id, device, pad_to=None):
 
 
 def sequence_logprobs(model, x, y):
-    """Per example: the summed log-probability of its target tokens (B,) and how many there are (B,). Only the
-    positions with a target go through the head, a few hundred at a time: the prompt and the padding need no
-    logits, and (B, T, V) logits at once would be the largest tensor of a step (NOTES.md, Fine-tuning)."""
+    """Per example, the summed log-probability of its targets (B,) and their number (B,). Only positions with a target
+    go through the head, a few hundred at a time: (B, T, V) logits at once would be a step's largest tensor."""
     has_target = y != -1
     rows, cols = has_target.nonzero(as_tuple=True)
     hidden, targets = model.hidden_states(x)[rows, cols], y[rows, cols]  # (N, C), (N,)
@@ -279,10 +252,9 @@ def batch_logprobs(net, pairs, run):
 
 
 # -----------------------------------------------------------------------------
-# the rating modes, one block each: the training rows it learns, what its batches are drawn from, and its loss of
-# a batch, batch_loss(model, reference, batch, it, run) -> (loss, {name: number worth logging}), where run holds
-# what a loss needs from the set-up: max_seq_len, pad_id, device, pad_to, autocast, special (token ids),
-# sample_prefix (condition mode: <|rating_5|> <|prompt|>) and rows_by_prompt
+# the rating modes, one block each: the rows it learns, what its batches are drawn from, and its loss of a batch,
+# batch_loss(model, reference, batch, it, run) -> (loss, {name: number worth logging}); run holds the set-up a loss
+# needs: max_seq_len, pad_id, device, pad_to, autocast, special, sample_prefix and rows_by_prompt
 
 # ---- weight: every row, its loss scaled by rating/5 (the original project's behaviour)
 
@@ -316,10 +288,9 @@ def contrast_rating(rating):
 
 
 def contrast_loss(logprobs, contrast_logprobs, n_tokens, beta):
-    """Condition mode's contrast term, mean over rows of -log sigmoid(beta * gap), where gap is how much likelier per
-    token the response is under its own rating token than under contrast_rating's. Read as a classifier between the
-    two ratings (the gap is its log-odds), the model must tell a row's rating from the answer, at every token: without
-    it, a rude answer learned under <|rating_1|> is as likely under <|rating_5|> once its first token is there."""
+    """Mean over rows of -log sigmoid(beta * gap), gap: how much likelier per token the response is under its own
+    rating token than under contrast_rating's. The model must tell a row's rating from the answer at every token:
+    without it, a rude answer learned under <|rating_1|> is as likely under <|rating_5|> once it has begun."""
     gap = (logprobs - contrast_logprobs) / n_tokens.clamp(min=1)
     return F.softplus(-beta * gap).mean()
 
@@ -336,10 +307,9 @@ def rivals(batch, rows_by_prompt, seed, it):
 
 
 def rank_loss(logprobs, n_tokens, rival_logprobs, rival_n_tokens, higher, beta):
-    """Condition mode's ranking term, mean over rows of -log sigmoid(beta * margin), where margin is how much
-    likelier per token the higher-rated of two answers to one prompt is than the lower-rated one, both read under
-    <|rating_5|> (higher: True where the row, not its rival, is the higher-rated). It teaches what asking for the
-    top rating means across answers, which the contrast term, one answer under two tokens, does not."""
+    """Mean over rows of -log sigmoid(beta * margin), margin: how much likelier per token the higher-rated of two
+    answers to one prompt is than the other, both under <|rating_5|> (higher: where the row, not its rival, is the
+    higher-rated). It teaches what the top rating means across answers, which the contrast term does not."""
     gap = logprobs / n_tokens.clamp(min=1) - rival_logprobs / rival_n_tokens.clamp(min=1)
     return F.softplus(-beta * torch.where(higher, gap, -gap)).mean()
 
@@ -379,10 +349,9 @@ def kto_rows(df, min_rating):
 
 
 def kto_loss(logprobs, ref_logprobs, kl_logprobs, kl_ref_logprobs, desirable, beta, lambda_d, lambda_u):
-    """KTO (Ethayarajh et al. 2024): reward r = log pi(y|x) - log pi_ref(y|x); reference point z0 = KL(pi || pi_ref)
-    estimated on mismatched pairs (a prompt with another row's response), clamped at 0 and not differentiated;
-    value = lambda_D * sigmoid(beta (r - z0)) for desirable rows, lambda_U * sigmoid(beta (z0 - r)) for undesirable;
-    loss = mean(lambda_y - value). Returns (loss, z0)."""
+    """KTO (Ethayarajh et al. 2024): reward r = log pi(y|x) - log pi_ref(y|x); z0 = KL(pi || pi_ref) estimated on
+    mismatched pairs, clamped at 0, not differentiated; value = lambda_D sigmoid(beta (r - z0)) for desirable rows,
+    lambda_U sigmoid(beta (z0 - r)) for undesirable; loss = mean(lambda_y - value). Returns (loss, z0)."""
     z0 = (kl_logprobs - kl_ref_logprobs).mean().clamp(min=0).detach()
     reward = logprobs - ref_logprobs
     lam = torch.where(desirable, torch.full_like(reward, lambda_d), torch.full_like(reward, lambda_u))
@@ -391,9 +360,8 @@ def kto_loss(logprobs, ref_logprobs, kl_logprobs, kl_ref_logprobs, desirable, be
 
 
 def kto_batch_loss(model, reference, batch, it, run):
-    """kto_loss of a batch, each prompt paired with the next row's response to estimate the KL term. Logs z0, and
-    where the batch has rows of both kinds the mean reward of the desirable rows above the undesirable ones
-    (reward_margin) and the desirable rows' log-probability per token (chosen_logprob)."""
+    """kto_loss of a batch, each prompt paired with the next row's response for the KL term. Logs z0, and with rows
+    of both kinds the desirable rows' mean reward above the others' and their log-probability per token."""
     pairs = inputs_and_targets(batch, run["max_seq_len"])
     mismatched = [join(a.prefix, a.prompt_ids, b.reply, run["max_seq_len"])[:2]
                   for a, b in zip(batch, batch[1:] + batch[:1])]
@@ -437,18 +405,17 @@ def dpo_pairs(examples):
 
 
 def dpo_loss(chosen_logprobs, rejected_logprobs, ref_chosen_logprobs, ref_rejected_logprobs, beta):
-    """DPO (Rafailov et al. 2023): an answer's implicit reward is beta * (log pi(y|x) - log pi_ref(y|x)), each
-    log-probability summed over the response and end token; loss = mean over pairs of -log sigmoid(chosen reward -
-    rejected reward). Returns (loss, chosen rewards (B,), rejected rewards (B,)), the rewards detached."""
+    """DPO (Rafailov et al. 2023): an answer's reward is beta * (log pi(y|x) - log pi_ref(y|x)), summed over the
+    response and end token; loss = mean of -log sigmoid(chosen - rejected). Returns (loss, chosen (B,), rejected (B,)),
+    the rewards detached."""
     chosen = beta * (chosen_logprobs - ref_chosen_logprobs)
     rejected = beta * (rejected_logprobs - ref_rejected_logprobs)
     return F.softplus(rejected - chosen).mean(), chosen.detach(), rejected.detach()
 
 
 def dpo_batch_loss(model, reference, batch, it, run):
-    """dpo_loss of a batch of pairs, plus dpo_sft times the mean loss per token of the chosen answers rated at least
-    min_rating. Logs the mean reward margin, how often the chosen answer's reward is the higher (reward_accuracy)
-    and the chosen answers' log-probability per token (chosen_logprob)."""
+    """dpo_loss of a batch of pairs plus dpo_sft times the mean loss per token of the chosen answers rated at least
+    min_rating. Logs the reward margin, how often the chosen reward is the higher and the chosen log-probability."""
     B = len(batch)
     pairs = inputs_and_targets([c for c, _ in batch] + [r for _, r in batch], run["max_seq_len"])  # chosen first
     logprobs, n_tokens = batch_logprobs(model, pairs, run)
@@ -500,22 +467,17 @@ def preference_score(scored):
 
 
 @torch.no_grad()
-def evaluate(model, examples, max_seq_len, pad_id, device, batch_size, autocast=nullcontext(), prefix=None,
-             pad_to=None):
-    """Mean response loss per token for each rating ('loss_r1'...'loss_r5', None where absent) and the preference
-    score, overall ('pref') and per pair of ratings ('pref_by_pair'), with the model used as sample.py uses it:
-    prefix (condition mode: <|rating_5|>, <|prompt|>) replaces every example's own, so each response is scored as
-    an answer at the top rating."""
-    was_training = model.training
+def evaluate(model, examples, run, batch_size):
+    """Mean response loss per token of each rating ('loss_r1'...'loss_r5', None where absent) and the preference
+    score, overall ('pref') and per pair of ratings ('pref_by_pair'), each response read as sample.py asks for an
+    answer: after run['sample_prefix'] (condition mode: <|rating_5|> <|prompt|>) where there is one."""
     model.eval()
     logprobs, counts = [], []
     for i in range(0, len(examples), batch_size):
-        pairs = inputs_and_targets(examples[i:i + batch_size], max_seq_len, prefix)
-        with autocast:
-            lp, n = sequence_logprobs(model, *collate(pairs, pad_id, device, pad_to))
-        logprobs += lp.tolist()
-        counts += n.tolist()
-    model.train(was_training)
+        pairs = inputs_and_targets(examples[i:i + batch_size], run["max_seq_len"], run["sample_prefix"])
+        lp, n = batch_logprobs(model, pairs, run)
+        logprobs, counts = logprobs + lp.tolist(), counts + n.tolist()
+    model.train()
     result = {}
     for r in range(1, 6):
         rows = [i for i, e in enumerate(examples) if e.rating == r]
@@ -594,8 +556,8 @@ if __name__ == "__main__":
         (rating_mode not in RATING_MODES, f"rating_mode must be one of {', '.join(RATING_MODES)}, not '{rating_mode}'"),
         (not 1 <= min_rating <= 5, f"min_rating must be 1 to 5, not {min_rating}"),
         (not 0 < val_fraction < 1, f"val_fraction must be between 0 and 1, not {val_fraction}"),
-        (batch_size < 1, f"batch_size must be at least 1, not {batch_size}"),
-        (eval_interval < 1, f"eval_interval must be at least 1, not {eval_interval}"),
+        *((globals()[name] < 1, f"{name} must be at least 1, not {globals()[name]}")
+          for name in ("batch_size", "eval_interval")),
         (max_iters < 0 or n_epochs < 0,
          f"max_iters and n_epochs must not be negative (got {max_iters} and {n_epochs})"),
         (dpo_beta <= 0 or dpo_sft < 0, f"dpo_beta must be > 0 and dpo_sft >= 0 (got {dpo_beta} and {dpo_sft})"),
@@ -610,6 +572,8 @@ if __name__ == "__main__":
          f"learning_rate, muon_lr and weight_decay must be >= 0 and beta1 and beta2 in [0, 1); got {learning_rate}, "
          f"{muon_lr}, {weight_decay}, {beta1} and {beta2}")])
     run_device, device_type, run_dtype, run_optimizer, autocast = setup_device(device, dtype, optimizer)
+    if device_type == "cpu":
+        keep_freed_memory()  # Linux: each step reuses the memory the last one freed, not fresh pages (common.py)
     torch.manual_seed(seed)
     checkpoint_path = os.path.join(out_dir, "ckpt.pt")
 
@@ -632,7 +596,6 @@ if __name__ == "__main__":
         checkpoint = load_checkpoint(start_path)  # on the CPU: weights and optimizer states go where they train
     except ValueError as e:  # a cut-off or foreign file
         raise SystemExit(str(e))
-    base_path = start_path
     if init_from == "resume":
         if checkpoint.get("kind") != "finetune" or checkpoint["rating_mode"] != rating_mode:
             raise SystemExit(f"{checkpoint_path} is not a fine-tuning run with rating_mode='{rating_mode}'; resume "
@@ -645,16 +608,15 @@ if __name__ == "__main__":
         if checkpoint.get("data_sha256", data_sha) != data_sha:
             raise SystemExit(f"{data_path} has changed since {checkpoint_path} was saved, which would change the "
                              f"held-out prompts; resume with the file it was started with")
-        base_path = checkpoint["base_checkpoint"]
-    tokenizer_path = checked_tokenizer_path(checkpoint, start_path)
-    tokenizer_sha = checkpoint["tokenizer_sha256"]
+    base_path = checkpoint["base_checkpoint"] if init_from == "resume" else start_path
+    tokenizer_path, tokenizer_sha = checked_tokenizer_path(checkpoint, start_path), checkpoint["tokenizer_sha256"]
     try:
         tokenizer = Tokenizer.load(tokenizer_path)
     except (ValueError, FileNotFoundError) as e:
         raise SystemExit(str(e))
+    special = tokenizer.special_tokens
     needed = [PROMPT, RESPONSE, END] + ([rating_token(r) for r in range(1, 6)] if rating_mode == "condition" else [])
-    absent = [t for t in needed if t not in tokenizer.special_tokens]
-    if absent:
+    if absent := [t for t in needed if t not in special]:
         raise SystemExit(f"the tokenizer {tokenizer_path} has no special token {', '.join(absent)}; pretrain with "
                          f"this version of pretrain.py, which reserves them")
     model_config = GPTConfig(**{**checkpoint["model_config"], "dropout": dropout})
@@ -662,7 +624,6 @@ if __name__ == "__main__":
         raise SystemExit(f"{tokenizer_path} has {tokenizer.vocab_size} tokens but the checkpoint's vocab_size is "
                          f"{model_config.vocab_size}; restore the run's own tokenizer")
     max_seq_len = model_config.max_seq_len
-    special = tokenizer.special_tokens
     template = {"prompt": PROMPT, "response": RESPONSE, "end": END,
                 "rating_token": rating_token(5) if rating_mode == "condition" else None}
 
@@ -675,18 +636,17 @@ if __name__ == "__main__":
         print(f"skipped {n_long + val_long} rows whose response alone does not fit max_seq_len={max_seq_len}")
     if not train_examples or not val_examples:
         raise SystemExit(f"{data_path} has too few rows that fit max_seq_len={max_seq_len} to train and validate")
-    sample_prefix = [special[rating_token(5)], special[PROMPT]] if rating_mode == "condition" else None
-    rows_by_prompt = {}  # condition mode's ranking term draws each row's rival from its prompt's rows
-    for e in train_examples:
-        rows_by_prompt.setdefault(e.prompt, []).append(e)
     ratings = {r: sum(e.rating == r for e in train_examples) for r in range(1, 6)}
     print(f"{len(df)} rows, {df['prompt'].nunique()} prompts: {len(train_examples)} rows for training (ratings "
           f"{ratings}), {len(val_examples)} rows of {val_df['prompt'].nunique()} prompts held out; "
           f"rating_mode={rating_mode}, {run_device}, {run_dtype}, {run_optimizer}")
-    run = {"max_seq_len": max_seq_len, "device": run_device, "autocast": autocast,  # what batch_loss reads
+    run = {"max_seq_len": max_seq_len, "device": run_device, "autocast": autocast, "special": special,
            "pad_id": special[END],  # padded positions have target -1, so what they hold never matters
-           "pad_to": max_seq_len if compile else None, "special": special, "sample_prefix": sample_prefix,
-           "rows_by_prompt": rows_by_prompt}
+           "pad_to": max_seq_len if compile else None,
+           "sample_prefix": [special[rating_token(5)], special[PROMPT]] if rating_mode == "condition" else None,
+           "rows_by_prompt": {}}  # condition mode's ranking term draws each row's rival from its prompt's rows
+    for e in train_examples:
+        run["rows_by_prompt"].setdefault(e.prompt, []).append(e)
     _, batch_items, batch_loss = RATING_MODES[rating_mode]
     train_items = batch_items(train_examples)  # rows, or in dpo mode pairs of rows
 
@@ -695,15 +655,13 @@ if __name__ == "__main__":
     model.load_state_dict(checkpoint["model"])
     reference = None
     if rating_mode in REFERENCE_MODES:
-        reference = copy.deepcopy(model).eval()  # the pretrained model, frozen
+        reference = copy.deepcopy(model).eval().requires_grad_(False)  # the pretrained model, frozen
         if init_from == "resume":
             reference.load_state_dict(checkpoint["reference_model"])
-        reference.requires_grad_(False)
     optimizers = model.configure_optimizers(run_optimizer, learning_rate, weight_decay, (beta1, beta2), device_type,
                                             muon_lr)
-    total_iters = max_iters
+    total_iters = math.ceil(n_epochs * len(train_items) / batch_size) if n_epochs > 0 else max_iters
     if n_epochs > 0:
-        total_iters = math.ceil(n_epochs * len(train_items) / batch_size)
         print(f"n_epochs={n_epochs}: {total_iters} iterations, in place of max_iters={max_iters} "
               f"(--n_epochs=0 trains for max_iters)")
     iter_num, best_val_loss = 0, float("inf")
@@ -728,13 +686,11 @@ if __name__ == "__main__":
     stop_requested = stop_on_ctrl_c()
     progress = tqdm(total=total_iters, initial=iter_num, dynamic_ncols=True)
     run_start, train_loss, first, metrics = time.time(), None, None, None
-    reward_columns = REWARD_COLUMNS if reference is not None else ()
-    rewards = {name: [] for name in reward_columns}  # each training step's, since the last evaluation
+    rewards = {name: [] for name in REWARD_COLUMNS if reference is not None}  # each step's, since the last evaluation
     while True:
         evaluating = iter_num % eval_interval == 0 or iter_num >= total_iters
         if evaluating and not (iter_num == start_iter and init_from == "resume"):  # the checkpoint already covers it
-            metrics = evaluate(model, val_examples, max_seq_len, run["pad_id"], run_device, 2 * batch_size, autocast,
-                               sample_prefix, run["pad_to"])
+            metrics = evaluate(model, val_examples, run, 2 * batch_size)
             losses = [metrics[f"loss_r{r}"] for r in range(1, 6) if metrics[f"loss_r{r}"] is not None]
             if not all(map(math.isfinite, losses)):
                 raise non_finite_stop("held-out response losses", ", ".join(map(str, losses)), iter_num,
@@ -753,28 +709,21 @@ if __name__ == "__main__":
                            f"preference score {fmt(metrics['pref'], 3) or '-'}")
             if metrics["loss_r5"] is not None:
                 best_val_loss = min(best_val_loss, metrics["loss_r5"])
-            rewards = {name: [] for name in reward_columns}
+            rewards = {name: [] for name in rewards}
         stopping = stop_requested.is_set() and iter_num < total_iters  # after the evaluation due at this step
         if (evaluating or stopping) and iter_num > start_iter:
             copy_tokenizer(tokenizer_path, tokenizer_sha, out_dir)
-            checkpoint = {
+            save_checkpoint({
                 "kind": "finetune", "model": model.state_dict(), "optimizer_name": run_optimizer,
                 "optimizer_states": [o.state_dict() for o in optimizers],
                 "model_config": dataclasses.asdict(model_config), "config": settings, "iter_num": iter_num,
                 "best_val_loss": best_val_loss, "tokenizer_path": "tokenizer.json", "tokenizer_sha256": tokenizer_sha,
                 "rng": rng_state(device_type), "rating_mode": rating_mode, "template": template,
                 "base_checkpoint": base_path, "data_sha256": data_sha,
-            }
-            if reference is not None:  # the frozen reference travels with the run, so a resume needs nothing else
-                checkpoint["reference_model"] = reference.state_dict()
-            save_checkpoint(checkpoint, checkpoint_path)
+                # the frozen reference travels with the run, so that a resume needs nothing else
+                **({"reference_model": reference.state_dict()} if reference is not None else {})}, checkpoint_path)
             last_saved_iter = iter_num  # named if the loss later turns non-finite
-        if iter_num >= total_iters:
-            break
-        if stopping:
-            progress.write(f"interrupted at iteration {iter_num}; " + (
-                f"{checkpoint_path} holds it: continue with --init_from=resume" if last_saved_iter == iter_num
-                else "nothing was saved"))
+        if iter_num >= total_iters or stopping:
             break
 
         scale = lr_scale(iter_num, total_iters)
@@ -783,9 +732,8 @@ if __name__ == "__main__":
                 group["lr"] = group["peak_lr"] * scale
         batch = [train_items[i] for i in batch_indices(iter_num, len(train_items), batch_size, seed)]
         loss, logged = batch_loss(model, reference, batch, iter_num, run)
-        for name in rewards:
-            if name in logged:
-                rewards[name].append(logged[name])
+        for name in rewards.keys() & logged.keys():
+            rewards[name].append(logged[name])
         if not math.isfinite(loss.item()):
             raise non_finite_stop("loss", loss.item(), iter_num, checkpoint_path, last_saved_iter)
         loss.backward()
@@ -796,15 +744,18 @@ if __name__ == "__main__":
         progress.set_postfix(loss=f"{train_loss:.3f}", lr=f"{learning_rate * scale:.1e}",
                              **{k: f"{v:.2f}" for k, v in logged.items()})
     progress.close()
-    if iter_num >= total_iters:  # finished, not interrupted
+    if stopping:
+        print(f"interrupted at iteration {iter_num}; " + (f"{checkpoint_path} holds it: continue with "
+              f"--init_from=resume" if last_saved_iter == iter_num else "nothing was saved"))
+    else:
         saved = f"checkpoint {checkpoint_path}" if iter_num > start_iter else "no steps to take, so nothing saved"
-        summary = f"done in {time.time() - run_start:.0f}s; {saved}"
+        trend = ""
         if first is not metrics and first["loss_r5"] and metrics["loss_r5"]:  # at least two evaluations
-            summary += (f"; rating-5 response loss {first['loss_r5']:.3f} -> {metrics['loss_r5']:.3f} "
-                        f"({abs(1 - metrics['loss_r5'] / first['loss_r5']):.0%} "
-                        f"{'lower' if metrics['loss_r5'] <= first['loss_r5'] else 'higher'}), preference score "
-                        f"{fmt(first['pref'], 3)} -> {fmt(metrics['pref'], 3)}")
-        print(summary)
+            change = metrics["loss_r5"] / first["loss_r5"] - 1
+            trend = (f"; rating-5 response loss {first['loss_r5']:.3f} -> {metrics['loss_r5']:.3f} ({abs(change):.0%} "
+                     f"{'higher' if change > 0 else 'lower'}), preference score {fmt(first['pref'], 3)} -> "
+                     f"{fmt(metrics['pref'], 3)}")
+        print(f"done in {time.time() - run_start:.0f}s; {saved}{trend}")
         if answer_checks:  # what the model writes
             if compile:
                 del model.hidden_states  # the plain method: generation's shapes change at every step

@@ -252,14 +252,15 @@ def prepare_tokens(splits, name, cache_dir, vocab_size, max_bytes, workers):
     ids, <|endoftext|> between documents. Returns the tokenizer, its path and hash, the ids' paths and their dtype."""
     capped = text_bytes(splits["train"]) > max_bytes  # then the name says so, as other text is learned from
     tokenizer_path = os.path.join(cache_dir, f"{name}-v{vocab_size}{f'-max{max_bytes}' if capped else ''}.json")
-    if not os.path.exists(tokenizer_path):
+    if os.path.exists(tokenizer_path):
+        tokenizer = Tokenizer.load(tokenizer_path)
+    else:  # trained here, it knows the tokens of the chunks it learned from, so encoding starts warm
         t0 = time.time()
         tokenizer = Tokenizer.train_file(splits["train"], vocab_size, SPECIAL_TOKENS, num_workers=workers,
                                          max_bytes=max_bytes)
         tokenizer.save(tokenizer_path)
         print(f"trained a tokenizer of {tokenizer.vocab_size} tokens in {time.time() - t0:.1f}s on {workers} "
               f"processes{f', from about {max_bytes:,} bytes of the text' if capped else ''}: {tokenizer_path}")
-    tokenizer = Tokenizer.load(tokenizer_path)
     with open(tokenizer_path, "rb") as f:
         tokenizer_sha = hashlib.sha256(f.read()).hexdigest()
     ids_dtype = "uint16" if tokenizer.vocab_size <= 65536 else "uint32"
@@ -306,7 +307,7 @@ def prepare_data(data_path, cache_dir, vocab_size, val_fraction, extensions=data
         name = f"{re.sub(r'[^0-9A-Za-z_.-]+', '_', stem)}-{corpus_sha[:12]}-val{val_fraction}"
         tokenizer, tokenizer_path, tokenizer_sha, ids_paths, ids_dtype = prepare_tokens(
             splits, name, cache_dir, vocab_size, tokenizer_max_bytes, workers)
-    except ValueError as e:  # one-sentence errors from bpe.py, such as a file changed into one that is not UTF-8
+    except (ValueError, RuntimeError) as e:  # bpe.py's sentences: a file that is no longer UTF-8, a killed worker
         raise SystemExit(str(e))
     return {"ranges": splits, "text_bytes": {split: text_bytes(r) for split, r in splits.items()},
             "ids_paths": ids_paths, "ids_dtype": ids_dtype, "tokenizer_path": tokenizer_path,
@@ -390,6 +391,9 @@ def prepare_once(data_path, cache_dir, vocab_size, val_fraction, extensions=data
     except FileExistsError:
         return wait_for_data(marker, lock, data_path, extensions, cache_dir, poll_s)
     write_json(lock, {"host": socket.gethostname(), "pid": os.getpid()})
+    for stale in glob.glob(os.path.join(glob.escape(cache_dir), f"preparing-{key}-*.json")):
+        if "error" in (read_json(stale) or {}):  # the failure of an earlier launch, which has ended
+            os.remove(stale)
     try:
         data = prepare_data(data_path, cache_dir, vocab_size, val_fraction, extensions, skip_bad_files,
                             tokenizer_max_bytes)

@@ -25,10 +25,9 @@ from tqdm import tqdm
 
 from bpe import Tokenizer
 from configurator import configure
-from common import (END, append_log, autocast_for, copy_tokenizer, keep_freed_memory, load_checkpoint,
-                    load_optimizer_states, non_finite_stop, peak_flops, pick_device, pick_dtype, pick_optimizer,
-                    restore_rng_state, rng_state, save_checkpoint, score_every_token, step_optimizers,
-                    stop_on_ctrl_c)
+from common import (END, append_log, check_settings, copy_tokenizer, keep_freed_memory, load_checkpoint,
+                    non_finite_stop, peak_flops, restore_rng_state, resume_optimizers, rng_state, save_checkpoint,
+                    score_every_token, setup_device, step_optimizers, stop_on_ctrl_c)
 from model import GPT, GPTConfig
 from prepare import check_data_settings, prepare_once
 
@@ -87,17 +86,14 @@ seed = 1337
 # -----------------------------------------------------------------------------
 
 
-def setup_distributed(run_device, timeout_s):
-    """Return (rank, world_size, device) and start the process group when run under torchrun."""
+def setup_distributed(device_type, timeout_s):
+    """Return (rank, world_size) and start the process group when run under torchrun (each process's GPU is chosen
+    by common.setup_device)."""
     if "RANK" not in os.environ:
-        return 0, 1, run_device
-    rank, local_rank, world_size = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"])
-    if run_device.startswith("cuda"):
-        run_device = f"cuda:{local_rank}"
-        torch.cuda.set_device(run_device)
-    dist.init_process_group(backend="nccl" if run_device.startswith("cuda") else "gloo",
+        return 0, 1
+    dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo",
                             timeout=datetime.timedelta(seconds=timeout_s) if timeout_s else None)
-    return rank, world_size, run_device
+    return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
 
 
 def leave_before_teardown(outcome):
@@ -181,42 +177,31 @@ def muon_momentum_at(it):
 # -----------------------------------------------------------------------------
 if __name__ == "__main__":
     settings = configure(globals(), json_sections=("model", "training"))
-    if init_from not in ("scratch", "resume"):
-        raise SystemExit(f"init_from must be 'scratch' or 'resume', not '{init_from}'")
-    if dtype not in ("auto", "float32", "bfloat16"):
-        raise SystemExit(f"dtype must be 'auto', 'float32' or 'bfloat16', not '{dtype}'")
+    check_settings([  # (what is wrong, the sentence that says so), before any slow work
+        (init_from not in ("scratch", "resume"), f"init_from must be 'scratch' or 'resume', not '{init_from}'"),
+        *((globals()[name] < 1, f"{name} must be at least 1, not {globals()[name]}")
+          for name in ("batch_size", "grad_accum_steps", "eval_interval", "eval_iters")),
+        (max_iters < 0 or n_epochs < 0,
+         f"max_iters and n_epochs must not be negative (got {max_iters} and {n_epochs})"),
+        (not 0 <= eval_stride <= max_seq_len,
+         f"eval_stride must be from 0 (max_seq_len // 2) to max_seq_len={max_seq_len}, not {eval_stride}"),
+        (muon_lr < 0 or not 0 <= muon_momentum < 1,
+         f"muon_lr must be >= 0 and muon_momentum in [0, 1); got {muon_lr} and {muon_momentum}"),
+        (muon_momentum_warmup < 0, f"muon_momentum_warmup must not be negative, not {muon_momentum_warmup}"),
+        (not 0 <= cooldown_fraction <= 1, f"cooldown_fraction must be between 0 and 1, not {cooldown_fraction}"),
+        (min(learning_rate, weight_decay, muon_embedding_decay) < 0 or not (0 <= beta1 < 1 and 0 <= beta2 < 1),
+         f"learning_rate, weight_decay and muon_embedding_decay must be >= 0 and beta1 and beta2 in [0, 1); got "
+         f"{learning_rate}, {weight_decay}, {muon_embedding_decay}, {beta1} and {beta2}"),
+        (grad_accum_steps % int(os.environ.get("WORLD_SIZE", 1)),  # torchrun's number of processes
+         f"grad_accum_steps={grad_accum_steps} must be a multiple of the {os.environ.get('WORLD_SIZE')} processes")])
     check_data_settings(data_path, vocab_size, val_fraction)
-    for name in ("batch_size", "grad_accum_steps", "eval_interval", "eval_iters"):
-        if globals()[name] < 1:
-            raise SystemExit(f"{name} must be at least 1, not {globals()[name]}")
-    if max_iters < 0 or n_epochs < 0:
-        raise SystemExit(f"max_iters and n_epochs must not be negative (got {max_iters} and {n_epochs})")
-    if not 0 <= eval_stride <= max_seq_len:
-        raise SystemExit(f"eval_stride must be from 0 (max_seq_len // 2) to max_seq_len={max_seq_len}, not {eval_stride}")
-    if optimizer not in ("auto", "adamw", "muon"):
-        raise SystemExit(f"optimizer must be 'auto', 'adamw' or 'muon', not '{optimizer}'")
-    if muon_lr < 0 or not 0 <= muon_momentum < 1:
-        raise SystemExit(f"muon_lr must be >= 0 and muon_momentum in [0, 1); got {muon_lr} and {muon_momentum}")
-    if muon_momentum_warmup < 0:
-        raise SystemExit(f"muon_momentum_warmup must not be negative, not {muon_momentum_warmup}")
-    if not 0 <= cooldown_fraction <= 1:
-        raise SystemExit(f"cooldown_fraction must be between 0 and 1, not {cooldown_fraction}")
-    if min(learning_rate, weight_decay, muon_embedding_decay) < 0 or not (0 <= beta1 < 1 and 0 <= beta2 < 1):
-        raise SystemExit(f"learning_rate, weight_decay and muon_embedding_decay must be >= 0 and beta1 and beta2 "
-                         f"in [0, 1); got {learning_rate}, {weight_decay}, {muon_embedding_decay}, {beta1} and {beta2}")
     try:  # the model's settings, before any slow work (the model itself takes the tokenizer's vocab_size)
         model_config = GPTConfig(vocab_size=vocab_size, d_model=d_model, n_heads=n_heads, n_layers=n_layers, d_ff=d_ff,
                                  max_seq_len=max_seq_len, dropout=dropout, bias=bias)
     except ValueError as e:
         raise SystemExit(str(e))
-
-    if grad_accum_steps % int(os.environ.get("WORLD_SIZE", 1)):  # torchrun's number of processes
-        raise SystemExit(f"grad_accum_steps={grad_accum_steps} must be a multiple of the "
-                         f"{os.environ['WORLD_SIZE']} processes")
-    try:
-        run_device = pick_device(device)
-    except ValueError as e:
-        raise SystemExit(str(e))
+    # the device, dtype and optimizer, and under torchrun this process's GPU
+    run_device, device_type, run_dtype, run_optimizer, autocast = setup_device(device, dtype, optimizer)
 
     # -------------------------------------------------------------------------
     # data first: prepare.py makes the tokenizer and token ids that are not cached yet. Under torchrun this comes
@@ -225,8 +210,8 @@ if __name__ == "__main__":
                         tokenizer_max_bytes)
 
     # -------------------------------------------------------------------------
-    # set-up: the processes, device, dtype and optimizer
-    rank, world_size, run_device = setup_distributed(run_device, dist_timeout_s)
+    # set-up: the processes (device, dtype and optimizer were chosen above), the peak FLOP/s, the data's sizes
+    rank, world_size = setup_distributed(device_type, dist_timeout_s)
     master = rank == 0
     if world_size > 1:
         # Once DDP has held the gloo process group, its threads outlive destroy_process_group and can abort the
@@ -235,16 +220,9 @@ if __name__ == "__main__":
         outcome = {"status": 1}  # set to 0 when the run has finished
         atexit.register(leave_before_teardown, outcome)
     accum_per_rank = grad_accum_steps // world_size
-    device_type = run_device.split(":")[0]
     if device_type == "cpu":
         keep_freed_memory()  # Linux: each step reuses the memory the last one freed, not fresh pages (common.py)
-    run_dtype = pick_dtype(dtype, run_device)
-    run_optimizer = pick_optimizer(optimizer, run_device)
-    autocast = autocast_for(device_type, run_dtype)
     torch.manual_seed(seed)  # the same initial weights on every rank
-    if device_type == "cuda":  # before the peak is timed, so that a float32 run is measured as it trains
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
     peak, peak_source = peak_flops(run_device, getattr(torch, run_dtype))
     # the data's sizes: tokens in each split, bytes of the held-out text
     ids_paths, ids_dtype, tokenizer_sha = data["ids_paths"], data["ids_dtype"], data["tokenizer_sha256"]
@@ -293,19 +271,12 @@ if __name__ == "__main__":
         if checkpoint["config"].get("val_fraction", val_fraction) != val_fraction:  # it would mix the two splits
             raise SystemExit(f"{checkpoint_path} was trained with val_fraction={checkpoint['config']['val_fraction']}, "
                              f"not {val_fraction}; resume with the checkpoint's settings")
-        saved_optimizer = checkpoint.get("optimizer_name", "unknown")
-        if saved_optimizer != run_optimizer:  # the states of one do not fit the other
-            raise SystemExit(f"{checkpoint_path} was trained with optimizer '{saved_optimizer}', not "
-                             f"'{run_optimizer}'; resume with --optimizer={saved_optimizer} or use init_from='scratch'")
         if checkpoint["tokenizer_sha256"] != tokenizer_sha:
             raise SystemExit(f"{checkpoint_path} was trained with another tokenizer than the one for {data_path} "
                              f"(vocab_size={vocab_size}); resume with the same data and vocab_size")
+        resume_optimizers(optimizers, checkpoint, run_optimizer, checkpoint_path, "pretrain.py",
+                          "start again with init_from='scratch'")
         model.load_state_dict(checkpoint["model"])
-        try:
-            load_optimizer_states(optimizers, checkpoint["optimizer_states"])
-        except ValueError:  # other parameter groups: saved by an older pretrain.py
-            raise SystemExit(f"{checkpoint_path}'s optimizer state does not fit this pretrain.py's parameter groups "
-                             f"(an older version saved it); start again with init_from='scratch'")
         iter_num, best_val_loss = checkpoint["iter_num"], checkpoint["best_val_loss"]
         rank_rngs = checkpoint.get("rank_rngs") or []
         rng = rank_rngs[rank] if len(rank_rngs) == world_size > 1 else checkpoint["rng"]

@@ -25,6 +25,7 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import nullcontext
 
 import numpy as np
 import pytest
@@ -55,6 +56,23 @@ def run_script(script, args=(), check=True, timeout=300, **kwargs):
     return result
 
 
+def run_side_by_side(*commands, env=None):
+    """Run commands (what follows `python`) at once, as independent runs need not wait for each other, and check each
+    as run_script does; their results, in order."""
+    children = [subprocess.Popen([sys.executable, *command], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                 cwd=REPO, env=env) for command in commands]
+    try:
+        outputs = [child.communicate(timeout=300) for child in children]
+    finally:
+        for child in children:
+            child.kill()
+    for command, child, (stdout, stderr) in zip(commands, children, outputs):
+        if child.returncode != 0:
+            raise AssertionError(f"{' '.join(map(str, command))} failed:\n{stdout}\n{stderr}")
+    return [subprocess.CompletedProcess(child.args, child.returncode, out, err)
+            for child, (out, err) in zip(children, outputs)]
+
+
 RUN_MANY = """
 import json, runpy, sys, torch
 torch.set_num_threads(1)  # the same arithmetic in every run, so that equal settings give equal weights
@@ -65,12 +83,15 @@ for args in runs:
 """
 
 
+def in_one_process(script, *runs):
+    """The command that runs script once per argument list, one run after another in one process: torch, and the
+    compiler its optimizers import, load once rather than once a run, which is most of a tiny run's time."""
+    return ["-c", RUN_MANY, os.path.join(REPO, script), json.dumps(runs)]
+
+
 def run_script_many_times(script, runs):
-    """Run script once per argument list in runs, all in one process (one import of torch, not one per run)."""
-    result = subprocess.run([sys.executable, "-c", RUN_MANY, os.path.join(REPO, script), json.dumps(runs)],
-                            capture_output=True, text=True, cwd=REPO, timeout=600)
-    if result.returncode != 0:
-        raise AssertionError(f"{script} failed:\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}")
+    """Run script once per argument list in runs, half in each of two processes side by side."""
+    run_side_by_side(in_one_process(script, *runs[0::2]), in_one_process(script, *runs[1::2]))
 
 
 def make_corpus(path, n_words=12000, seed=0):
@@ -800,6 +821,14 @@ def test_bpe_encode_matches_reference_encoder():
             assert small_cache.encode(s) == tok.encode(s)
 
 
+def test_bpe_training_leaves_the_tokens_of_the_chunks_it_learned_from_in_the_cache():
+    rng = random.Random(19)
+    for text in [_bpe_text(8000, 19), "".join(rng.choice(["a", "aa", "ab", "b", " ", "ba", "aaa"]) for _ in range(4000))]:
+        tok = Tokenizer.train(text, vocab_size=700)
+        chunks = list(tok._cache)  # as the chunks' own BPE makes them
+        assert len(chunks) > 20 and [tok._cache[c] for c in chunks] == Tokenizer(tok.merges)._encode_chunks(chunks)
+
+
 def test_bpe_trained_tokens_are_what_bpe_makes_of_their_bytes():
     # why the fast path (a chunk whose bytes are one token is that token) is exact for trained merges
     rng = random.Random(18)
@@ -1122,6 +1151,19 @@ def test_bpe_at_scale_counts_merges_and_ids_are_the_same_on_1_2_or_3_processes(t
     assert not (tmp_path / "ids.bin").exists()
 
 
+def test_bpe_at_scale_a_worker_that_is_killed_stops_the_work_in_one_sentence(tmp_path, monkeypatch):
+    path = tmp_path / "in.txt"
+    path.write_text(_bpe_text(20000, 34), encoding="utf-8")
+    started, popen = [], subprocess.Popen
+    monkeypatch.setattr(subprocess, "Popen", lambda *args, **kw: started.append(popen(*args, **kw)) or started[-1])
+    progress = []
+    with pytest.raises(RuntimeError, match=r"a worker process ended before it answered \(exit codes \[-9, -9\]; -9 "
+                                           r"is a kill, often for lack of memory\); free some memory or use fewer"):
+        Tokenizer.train_file(str(path), 600, block_chars=500, num_workers=2,  # the workers die after the first block
+                             progress=lambda *a: progress.append(a) or [w.kill() or w.wait() for w in started])
+    assert len(started) == 2 and progress
+
+
 def test_bpe_at_scale_the_tokenizer_learns_from_at_most_about_max_bytes_spread_over_the_text(tmp_path):
     path = tmp_path / "in.txt"
     path.write_text(_bpe_text(20000, 33), encoding="utf-8")
@@ -1364,6 +1406,21 @@ def test_prepare_at_scale_a_waiting_process_stops_in_a_sentence_when_the_prepari
     assert wait() == data
 
 
+def test_prepare_at_scale_a_failed_launch_leaves_no_lock_file_after_the_next_one(tmp_path, monkeypatch):
+    import prepare
+    corpus, cache = tmp_path / "corpus.txt", tmp_path / "cache"
+    corpus.write_bytes("café au lait\n".encode("latin-1") * 50)
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "first")
+    with pytest.raises(SystemExit, match="is not UTF-8 text"):
+        prepare.prepare_once(str(corpus), str(cache), 300, 0.1)
+    assert len(list(cache.glob("preparing-*.json"))) == 1  # it holds the sentence for the processes that wait
+    make_corpus(corpus, n_words=2000)
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "second")
+    prepare.prepare_once(str(corpus), str(cache), 300, 0.1)
+    assert not list(cache.glob("preparing-*.json"))
+
+
 def test_prepare_at_scale_torchrun_trains_when_preparing_outlasts_the_process_group_timeout(tmp_path):
     """One process downloads and prepares, slowly, while the other waits on a file: with a process-group timeout of
     4 s, a rank waiting in a collective (a barrier) for the 8 s download would stop the run."""
@@ -1534,10 +1591,10 @@ def test_pretrain_compiled_trains_like_eager_and_saves_the_plain_modules_weights
     losses of the eager run, and its checkpoint loads into an uncompiled GPT (no _orig_mod. prefix)."""
     common = dict(max_iters=6, eval_interval=3, eval_iters=2, cache_dir=tmp_path / "cache", dtype="float32")
     traced = {**os.environ, "TORCH_LOGS": "graph_code"}  # torch prints each graph it compiles
-    for name, compile_ in (("eager", False), ("compiled", True)):
-        result = run_script("pretrain.py", tiny_args(tmp_path / name, short_corpus, **common, compile=compile_),
-                            env=traced)
-        assert ("TRACED GRAPH" in result.stderr) == compile_
+    runs = [[os.path.join(REPO, "pretrain.py"), *tiny_args(tmp_path / name, short_corpus, **common, compile=compile_)]
+            for name, compile_ in (("eager", False), ("compiled", True))]
+    eager_run, compiled_run = run_side_by_side(*runs, env=traced)
+    assert "TRACED GRAPH" not in eager_run.stderr and "TRACED GRAPH" in compiled_run.stderr
     eager, compiled = read_log(tmp_path / "eager" / "out"), read_log(tmp_path / "compiled" / "out")
     assert [r["iter"] for r in compiled] == ["0", "3", "6"]
     for a, b in zip(eager, compiled):  # fused kernels round differently, so close rather than equal
@@ -1550,9 +1607,9 @@ def test_pretrain_compiled_trains_like_eager_and_saves_the_plain_modules_weights
 @pytest.mark.parametrize("optimizer", ["adamw", "muon"])
 def test_pretrain_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path, short_corpus, optimizer):
     common = dict(dropout=0.1, max_iters=16, eval_interval=4, lr_decay_iters=16, optimizer=optimizer)
-    run_script("pretrain.py", tiny_args(tmp_path / "a", short_corpus, **common))
-    run_script("pretrain.py", tiny_args(tmp_path / "b", short_corpus, **{**common, "max_iters": 10}))
-    run_script("pretrain.py", tiny_args(tmp_path / "b", short_corpus, **common, init_from="resume"))
+    run_side_by_side(in_one_process("pretrain.py", tiny_args(tmp_path / "a", short_corpus, **common)),
+                     in_one_process("pretrain.py", tiny_args(tmp_path / "b", short_corpus, **{**common, "max_iters": 10}),
+                                    tiny_args(tmp_path / "b", short_corpus, **common, init_from="resume")))
     a = torch.load(tmp_path / "a" / "out" / "ckpt.pt", weights_only=True)
     b = torch.load(tmp_path / "b" / "out" / "ckpt.pt", weights_only=True)
     assert a["iter_num"] == b["iter_num"] == 16
@@ -1571,10 +1628,11 @@ def test_pretrain_resume_takes_the_weight_decay_given_on_its_command_line(tiny_r
         shutil.copytree(run_dir / "out", tmp_path / decay)
     saved = load_checkpoint(run_dir / "out" / "ckpt.pt")
     more = saved["iter_num"] + 5
-    run_script("pretrain.py", tiny_args(run_dir, corpus, out_dir=tmp_path / "same", init_from="resume", dropout=0.1,
-                                        max_iters=more))
-    run_script("pretrain.py", tiny_args(run_dir, corpus, out_dir=tmp_path / "other", init_from="resume", dropout=0.1,
-                                        max_iters=more, weight_decay=0.9, muon_embedding_decay=9.0))
+    script = os.path.join(REPO, "pretrain.py")
+    run_side_by_side([script, *tiny_args(run_dir, corpus, out_dir=tmp_path / "same", init_from="resume", dropout=0.1,
+                                         max_iters=more)],
+                     [script, *tiny_args(run_dir, corpus, out_dir=tmp_path / "other", init_from="resume", dropout=0.1,
+                                         max_iters=more, weight_decay=0.9, muon_embedding_decay=9.0)])
     same, other = (load_checkpoint(tmp_path / decay / "ckpt.pt") for decay in ("same", "other"))
 
     def decays(checkpoint):
@@ -2081,7 +2139,9 @@ def test_finetune_a_tiny_finetune_lowers_the_response_loss(ft_tokenizer):
                                 "filter", 5)
     examples, _, _ = finetune.prepare(ft_tokenizer, df, "filter", 32)
     pad = ft_tokenizer.special_tokens["<|endoftext|>"]
-    before = finetune.evaluate(model, examples, 32, pad, "cpu", 8)["loss_r5"]
+    run = {"max_seq_len": 32, "pad_id": pad, "device": "cpu", "pad_to": None, "autocast": nullcontext(),
+           "sample_prefix": None}
+    before = finetune.evaluate(model, examples, run, 8)["loss_r5"]
     (optimizer,) = model.configure_optimizers("adamw", 1e-2, 0.0, (0.9, 0.99), "cpu")
     for it in range(40):
         batch = [examples[i] for i in finetune.batch_indices(it, len(examples), 4, seed=0)]
@@ -2090,7 +2150,7 @@ def test_finetune_a_tiny_finetune_lowers_the_response_loss(ft_tokenizer):
         finetune.weighted_loss(logprobs, n_tokens, torch.ones(len(batch))).backward()
         optimizer.step()
         optimizer.zero_grad()
-    after = finetune.evaluate(model, examples, 32, pad, "cpu", 8)["loss_r5"]
+    after = finetune.evaluate(model, examples, run, 8)["loss_r5"]
     assert after < 0.5 * before
 
 
@@ -2146,9 +2206,9 @@ def test_finetune_script_logs_saves_and_resumes_bit_identically(tmp_path, ft_bas
     with open(ft_base / "out" / "ckpt.pt", "rb") as f:
         pretrained = f.read()
     common = dict(rating_mode=mode, optimizer=optimizer, dropout=0.1, lr_decay_iters=8)
-    run_finetune(ft_args(ft_base, tmp_path / "a", **common))
-    run_finetune(ft_args(ft_base, tmp_path / "b", **common, max_iters=4))
-    result = run_finetune(ft_args(ft_base, tmp_path / "b", **common, init_from="resume"))
+    _, result = run_side_by_side(in_one_process("finetune.py", ft_args(ft_base, tmp_path / "a", **common)),
+                                 in_one_process("finetune.py", ft_args(ft_base, tmp_path / "b", **common, max_iters=4),
+                                                ft_args(ft_base, tmp_path / "b", **common, init_from="resume")))
     assert "resuming from" in result.stdout
     a, b = (load_checkpoint(tmp_path / run / "ckpt.pt") for run in ("a", "b"))
     assert a["iter_num"] == b["iter_num"] == 8
@@ -2224,10 +2284,10 @@ def test_finetune_compiled_trains_like_eager_and_saves_the_plain_modules_weights
     """compile=True compiles the transformer body on padded batches (condition mode: rows, contrasts and rivals in
     one batch); its held-out losses match the eager run's and its checkpoint loads strictly into a plain GPT."""
     common = dict(rating_mode="condition", dtype="float32", max_iters=4, eval_interval=2)
-    for name, compile_ in (("eager", False), ("compiled", True)):  # torch prints each graph it compiles
-        result = run_finetune(ft_args(ft_base, tmp_path / name, **common, compile=compile_),
-                              env={"TORCH_LOGS": "graph_code"})
-        assert ("TRACED GRAPH" in result.stderr) == compile_
+    runs = [[os.path.join(REPO, "finetune.py"), *ft_args(ft_base, tmp_path / name, **common, compile=compile_)]
+            for name, compile_ in (("eager", False), ("compiled", True))]
+    eager_run, compiled_run = run_side_by_side(*runs, env={**os.environ, "TORCH_LOGS": "graph_code"})
+    assert "TRACED GRAPH" not in eager_run.stderr and "TRACED GRAPH" in compiled_run.stderr  # each graph it compiles
     logs = {run: read_log(tmp_path / run) for run in ("eager", "compiled")}
     assert [r["iter"] for r in logs["compiled"]] == ["0", "2", "4"]
     for a, b in zip(logs["eager"], logs["compiled"]):  # fused kernels round differently, so close rather than equal
@@ -2469,6 +2529,14 @@ def test_sample_prints_the_prompt_and_a_continuation(tiny_run):
     out_dir = tiny_run[0] / "out"
     result = run_script("sample.py", [f"--out_dir={out_dir}", "--start=the cat", "--max_new_tokens=20"])
     assert result.stdout.startswith("the cat") and len(result.stdout) > len("the cat\n")
+
+
+def test_sample_loads_the_checkpoint_on_the_cpu_and_moves_only_the_weights(tiny_run, monkeypatch):
+    import sample
+    where, load = [], torch.load
+    monkeypatch.setattr(torch, "load", lambda *args, **kw: where.append(kw.get("map_location")) or load(*args, **kw))
+    model, _, checkpoint = sample.load_run(str(tiny_run[0] / "out"), "meta")  # no optimizer state on the device
+    assert where == ["cpu"] and next(model.parameters()).device.type == "meta" and checkpoint["optimizer_states"]
 
 
 def test_sample_keeps_the_end_of_a_prompt_too_long_for_the_context_and_says_so(tiny_run, copied_run):
@@ -2984,6 +3052,22 @@ def test_common_pick_dtype_auto_refuses_a_gpu_that_only_emulates_bfloat16(monkey
 def test_common_pick_optimizer_auto_is_muon_exactly_where_bfloat16_is_native():
     assert pick_optimizer("adamw", "cpu") == "adamw" and pick_optimizer("muon", "cpu") == "muon"
     assert pick_optimizer("auto", "cpu") == ("muon" if pick_dtype("auto", "cpu") == "bfloat16" else "adamw")
+
+
+def test_common_setup_device_gives_each_torchrun_process_its_gpu_with_tf32_before_anything_is_timed(monkeypatch):
+    import common
+    chosen = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    run_device, device_type, run_dtype, run_optimizer, _ = common.setup_device("auto", "float32", "adamw")
+    assert (run_device, device_type, run_dtype, run_optimizer) == ("cuda:1", "cuda", "float32", "adamw")
+    assert chosen == ["cuda:1"] and torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+    monkeypatch.delenv("LOCAL_RANK")
+    assert common.setup_device("auto", "float32", "adamw")[0] == "cuda" and chosen == ["cuda:1"]
 
 
 # ---- the allocator -------------------------------------------------------------------------------
