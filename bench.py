@@ -30,6 +30,7 @@ import csv
 import glob
 import hashlib
 import importlib.util
+import inspect
 import io
 import json
 import lzma
@@ -900,6 +901,12 @@ if __name__ == "__main__":
     data = opts.get("data", DATA)
     if {"tokenizer", "quality"} & set(names) and not os.path.isfile(data):
         sys.exit(f"no text file at {data}; download {TINYSHAKESPEARE_URL} to it, or pass --data=PATH")
+    # each section takes the options it has parameters for (all of them with **overrides); others are refused
+    params = {name: inspect.signature(SECTIONS[name]).parameters for name in names}
+    takes = {name: {o for o in opts if o in params[name] or any(p.kind is p.VAR_KEYWORD for p in params[name].values())}
+             for name in names}
+    if unknown := sorted(set(opts).difference(*takes.values())):
+        sys.exit(f"no section named takes --{unknown[0]}; each section's options are its function's parameters")
     keep_freed_memory()  # as pretrain.py does on CPU, for every section alike
     for name in names:
-        SECTIONS[name](**opts)
+        SECTIONS[name](**{o: opts[o] for o in takes[name]})
