@@ -329,12 +329,13 @@ def timed_runs(args, seconds, seeds, evaluations=1, eval_iters=200):
     return max_iters, [(training_seconds(log)[-1], log[-1]["val_bpb_full"]) for log in logs]
 
 
-def split_bytes(out_dir, cache_dir):
-    """A finished run's training and validation text as bytes: its splits' ids in cache_dir, decoded."""
+def split_bytes(out_dir):
+    """A finished run's training and validation text as bytes: its splits' ids in its cache_dir, decoded."""
     tokenizer_path = os.path.join(out_dir, "tokenizer.json")
     with open(tokenizer_path, "rb") as f:
         tokenizer_sha = hashlib.sha256(f.read()).hexdigest()
     tokenizer = Tokenizer.load(tokenizer_path)
+    cache_dir = os.path.join(HERE, load_checkpoint(os.path.join(out_dir, "ckpt.pt"))["config"]["cache_dir"])
     names = os.listdir(cache_dir)
     splits = []
     for split in ("train", "val"):
@@ -683,7 +684,7 @@ def bench_quality(data=DATA, seconds=75, seeds="1337,1,2", **overrides):
         max_iters, results = timed_runs([f"--data_path={data}", f"--cache_dir={d}/cache", f"--out_dir={d}/out",
                                          "--n_layers=4", "--n_heads=4", "--d_model=128", "--d_ff=512",
                                          "--max_seq_len=64", "--dropout=0.0", "--device=cpu", *options], seconds, seeds)
-        xz = xz_bits_per_byte(*split_bytes(f"{d}/out", f"{d}/cache"))
+        xz = xz_bits_per_byte(*split_bytes(f"{d}/out"))
     rows = [("seed", "steps", "training time", "validation bits per byte")]
     rows += [(seed, max_iters, f"{trained:.0f} s", bpb) for seed, (trained, bpb) in zip(seeds, results)]
     bpb = statistics.median(float(bpb) for _, bpb in results)
@@ -704,7 +705,7 @@ def bench_pretrain(seconds=180, optimizers="adamw,muon", seeds="1337,1,2", finet
             max_iters, results = timed_runs([f"--out_dir={d}/{optimizer}", f"--optimizer={optimizer}",
                                              "--device=cpu", *options], seconds, seeds, evaluations=10, eval_iters=60)
             if not medians:
-                xz = xz_bits_per_byte(*split_bytes(f"{d}/{optimizer}", os.path.join(HERE, "data", "cache")))
+                xz = xz_bits_per_byte(*split_bytes(f"{d}/{optimizer}"))
             for seed, (trained, bpb) in zip(seeds, results):
                 bpb = float(bpb)
                 rows.append((optimizer, seed, max_iters, f"{trained:.0f} s", f"{bpb:.3f}", f"{xz:.3f}",
@@ -734,7 +735,7 @@ def bench_plot(runs="out", out="assets/bpb.png"):
         if log[-1].get("val_bpb_full"):  # the end of a finished run: every held-out token once
             ax.plot(train_s[-1], float(log[-1]["val_bpb_full"]), marker="*", markersize=12, linestyle="none",
                     color=line.get_color(), label=f"every held-out token once: {float(log[-1]['val_bpb_full']):.2f}")
-    xz = xz_bits_per_byte(*split_bytes(os.path.join(HERE, runs.split(",")[0]), os.path.join(HERE, "data", "cache")))
+    xz = xz_bits_per_byte(*split_bytes(os.path.join(HERE, runs.split(",")[0])))
     ax.axhline(xz, color="black", linestyle="--", label=f"xz -9e, given the training text: {xz:.2f}")
     ax.set(xlabel="training time (s)", ylabel="held-out bits per byte", title="python pretrain.py config/small.py")
     ax.grid(alpha=0.3)
@@ -745,7 +746,7 @@ def bench_plot(runs="out", out="assets/bpb.png"):
     print(f"wrote {out}; xz -9e given the training split: {xz:.3f} bits per byte of the validation split")
 
 
-def bench_compress(runs="out", cache_dir="data/cache"):
+def bench_compress(runs="out"):
     """Held-out bits per byte of finished runs (comma-separated out_dirs) as compressors count them, each given the
     training text first: xz -9e, PPMd of order 24, the model as it is (score_every_token, stride max_seq_len // 2,
     and the same another way as a check) and the model adapting as it reads (dynamic_evaluation)."""
@@ -758,7 +759,7 @@ def bench_compress(runs="out", cache_dir="data/cache"):
     cells = lambda figures: [f"{x:.3f}" if x is not None else "-" for x in figures[:5]] + [f"{figures[5]:.0f} s"]
     rows, figures = [("run", "xz -9e", "PPMd", "static", "static, checked", "dynamic", "dynamic's time")], []
     for run in runs.split(","):
-        train, val = split_bytes(os.path.join(HERE, run), os.path.join(HERE, cache_dir))
+        train, val = split_bytes(os.path.join(HERE, run))
         bits = lambda nats: nats / math.log(2) / len(val)
         ppmd_size = lambda data: len(pyppmd.compress(data, max_order=24, mem_size=1 << 30))
         ppmd = 8 * (ppmd_size(train + val) - ppmd_size(train)) / len(val) if pyppmd else None

@@ -22,7 +22,7 @@ import re
 import subprocess
 import sys
 import time
-from collections import Counter, deque
+from collections import Counter, defaultdict, deque
 from heapq import heapify, heappop, heappush
 from itertools import chain, islice, repeat
 from operator import add, itemgetter
@@ -443,69 +443,70 @@ class Tokenizer:
     @classmethod
     def _from_counts(cls, counts, vocab_size, special_tokens, pattern, progress):
         """Learn merges from chunk -> frequency. Each distinct chunk is a str of token characters; pair counts are kept
-        in a dict, with an index pair -> chunks that contain it and a heap of (-count, pair) whose stale entries are
-        skipped, so a merge touches only the chunks it changes."""
+        in a dict, with an index pair -> chunks that contain it and a heap of (-count, pair) that holds each pair at its
+        count or above, so a merge touches only the chunks it changes and the heap only the counts that rose."""
         n_merges = vocab_size - 256 - len(special_tokens)
         if progress:
             progress("merge", 0, n_merges)
-        chunks, words, freqs = [], [], []
-        for chunk, f in counts.items():
-            w = chunk.encode("utf-8").decode("latin-1")  # one character per byte, chr(byte)
-            if len(w) > 1:
-                chunks.append(chunk)
-                words.append(w)
-                freqs.append(f)
-        count, where = {}, {}  # pair -> count; pair -> indices of the words it has been in
+        chunks = [chunk for chunk in counts if len(chunk.encode("utf-8")) > 1]
+        words = [chunk.encode("utf-8").decode("latin-1") for chunk in chunks]  # one character per byte, chr(byte)
+        freqs = [counts[chunk] for chunk in chunks]
+        count, where = defaultdict(int), defaultdict(list)  # pair -> count; pair -> indices of words it has been in
         for i, (w, f) in enumerate(zip(words, freqs)):
             for p in set(map(add, w, w[1:])):
-                count[p] = count.get(p, 0) + f * w.count(p)
-                where.setdefault(p, []).append(i)
+                count[p] += f * w.count(p)
+                where[p].append(i)
         heap = [(-c, p) for p, c in count.items()]
         heapify(heap)
         merges = []
         while len(merges) < n_merges and heap:
             c, p = heappop(heap)
-            if count.get(p) != -c:
-                continue  # stale: this pair's count has changed since it was pushed
+            if count.get(p) != -c:  # stale: a count that rose was pushed again; one that fell goes back in now
+                if count.get(p):
+                    heappush(heap, (-count[p], p))
+                continue
             # Ties go to the smallest pair, as the heap orders (-count, pair) and chr keeps id order.
             t = chr(256 + len(merges))
             merges.append((ord(p[0]), ord(p[1])))
             a, b = p
-            changed = set()
+            raised = set()
             for i in where.pop(p):
                 w = words[i]
                 if p not in w:
                     continue  # an earlier merge took this occurrence away
                 new = words[i] = w.replace(p, t)
-                # Only pairs next to the new token change: (x, a) becomes (x, t) and (b, y) becomes (t, y)
-                # (where two new tokens touch, the old neighbour was b or a). Recount those in both words.
-                touched = set()
-                j = new.find(t)
+                # Only pairs beside a new token change: on its left (x, a) becomes (x, t), or (b, a) becomes (t, t)
+                # where two new tokens touch; on its right (b, y) becomes (t, y). A pair of one character twice is
+                # counted without overlaps, so its count depends on the whole run: those are recounted in both words.
+                f, runs, j = freqs[i], set(), new.find(t)
                 while j >= 0:
+                    sides = []  # (the pair that is gone, the pair made in its place)
                     if j:
                         x = new[j - 1]
-                        touched.add(x + t)
-                        touched.add((b if x == t else x) + a)
-                    if j + 1 < len(new):
-                        y = new[j + 1]
-                        touched.add(t + y)
-                        touched.add(b + (a if y == t else y))
+                        sides.append(((b if x == t else x) + a, x + t))
+                    if j + 1 < len(new) and new[j + 1] != t:  # a new token on the right does this on its left
+                        sides.append((b + new[j + 1], t + new[j + 1]))
+                    for gone, made in sides:
+                        if gone[0] == gone[1]:
+                            runs.add(gone)
+                        else:
+                            count[gone] -= f
+                        if made == t + t:
+                            runs.add(made)
+                        else:
+                            count[made] += f
+                            raised.add(made)
+                            where[made].append(i)
                     j = new.find(t, j + 1)
-                f = freqs[i]
-                for q in touched:
+                for q in runs:  # (t, t) can only rise; the others only fall, as their runs lose characters
                     d = new.count(q) - w.count(q)
-                    if d:
-                        count[q] = count.get(q, 0) + d * f
-                        changed.add(q)
-                        if t in q:  # a pair can only appear in a word by containing the new token
-                            where.setdefault(q, []).append(i)
+                    count[q] += d * f
+                    if d > 0:
+                        raised.add(q)
+                        where[q].append(i)
             del count[p]  # every occurrence is merged, and (a, b) can never form again
-            changed.discard(p)
-            for q in changed:
-                if count[q] > 0:
-                    heappush(heap, (-count[q], q))
-                else:
-                    del count[q]
+            for q in raised:
+                heappush(heap, (-count[q], q))
             if progress and len(merges) % 64 == 0:
                 progress("merge", len(merges), n_merges)
         if progress:

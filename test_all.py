@@ -1724,6 +1724,27 @@ def test_pretrain_non_finite_loss_stops_with_a_sentence_and_keeps_the_last_check
     assert "ckpt.pt keeps iteration 10, the last good state" in result.stderr and checkpoint.read_bytes() == saved
 
 
+COUNT_SYNCS = """
+import runpy, sys, torch
+item, syncs = torch.Tensor.item, [0]
+def counted(tensor):  # .item() waits for the device: each call is a sync
+    syncs[0] += 1
+    return item(tensor)
+torch.Tensor.item = counted
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+print("syncs", syncs[0])
+"""
+
+
+def test_pretrain_syncs_with_the_device_once_a_step_however_many_micro_steps_it_has(tmp_path, short_corpus):
+    runs = [["-c", COUNT_SYNCS, os.path.join(REPO, "pretrain.py"),
+             *tiny_args(tmp_path / str(accum), short_corpus, max_iters=6, eval_interval=6, grad_accum_steps=accum)]
+            for accum in (1, 4)]
+    syncs = [int(result.stdout.split("syncs")[-1]) for result in run_side_by_side(*runs)]
+    assert syncs[0] == syncs[1] > 6  # the evaluations' and one a step; four micro-steps add none
+
+
 # ---- torchrun ------------------------------------------------------------------------------------
 
 def test_pretrain_under_torchrun_keeps_ranks_identical_and_resumes_bit_identically(tmp_path, short_corpus):
@@ -3221,6 +3242,13 @@ def test_common_score_every_token_refuses_a_stride_outside_the_context():
 # ====================================================================================================
 # bench.py: the benchmarks
 # ====================================================================================================
+
+def test_bench_split_bytes_reads_a_run_s_splits_from_the_cache_it_was_prepared_in(tiny_run):
+    import bench
+    run_dir, corpus = tiny_run  # prepared in run_dir/cache, not data/cache
+    train, val = bench.split_bytes(str(run_dir / "out"))
+    assert train + val == corpus.read_bytes() and 0 < len(val) < len(train)
+
 
 def test_bench_dynamic_evaluation_never_scores_a_token_from_itself_or_the_future():
     import bench
