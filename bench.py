@@ -789,22 +789,23 @@ def bench_optimizer(repeats=5):
         autocast = autocast_for("cpu", dtype)
         for optimizer in ("adamw", "muon"):
             model, optimizers, x, y = model_and_batch(*SMALL_PY_SHAPE, optimizer)
+            step = training_step(model, optimizers, x, y, autocast)  # as pretrain.py's: clipped, then zero_grad
 
-            def backward(_):
+            def backward():
                 with autocast:
                     model(x, y)[1].backward()
 
             def update(_):
                 for opt in optimizers:
                     opt.step()
+                    opt.zero_grad(set_to_none=True)
 
             for _ in range(3):  # warm-up, and the optimizers' state exists from here on
-                backward(None)
-                update(None)
-            step = median_time(lambda _: (backward(None), update(None)), int(repeats))[0]
-            update_only = median_time(update, int(repeats), setup=lambda: backward(None))[0]
-            rows.append((optimizer, dtype, f"{update_only * 1e3:.1f} ms", f"{step * 1e3:.1f} ms",
-                         f"{update_only / step:.0%}"))
+                step()
+            whole = median_time(lambda _: step(), int(repeats))[0]
+            update_only = median_time(update, int(repeats), setup=backward)[0]
+            rows.append((optimizer, dtype, f"{update_only * 1e3:.1f} ms", f"{whole * 1e3:.1f} ms",
+                         f"{update_only / whole:.0%}"))
     print_table(f"optimizer steps on config/small.py's model, batch {_small['batch_size']}, "
                 f"{torch.get_num_threads()} threads; medians of {repeats}", rows)
 
