@@ -8,9 +8,9 @@ run_checks starts this file as a program (python -I -S sandbox.py: no site-packa
 read) in a process group of its own (setsid), with an empty environment, in a temporary directory that is removed
 afterwards. That process limits its own address space to memory_mb and every file it writes to 1 MiB, then forks
 one process per answer: its own process group (setsid), its own subdirectory, stdin, stdout and stderr on /dev/null,
-a CPU limit, and a wall-clock deadline after which its process group is killed. An answer passes only by a byte written to a pipe after
-every check was true, so printing, exiting early with status 0 or crashing never passes. An answer that hangs,
-crashes or runs out of memory fails, and nothing the answers do raises in the caller.
+a CPU limit, and a wall-clock deadline after which its process group is killed. An answer passes only by a byte
+written to a pipe after every check was true, so printing, exiting early with status 0 or crashing never passes. An
+answer that hangs, crashes or runs out of memory fails, and nothing the answers do raises in the caller.
 
 This guards against the mistakes of a small model (endless loops, runaway memory, stray files, junk output); it is
 not a security boundary for hostile code. What it does NOT do:
