@@ -117,23 +117,6 @@ def setup_device(device, dtype, optimizer):
     return run_device, device_type, run_dtype, run_optimizer, autocast_for(device_type, run_dtype)
 
 
-# dense bfloat16 tensor-core FLOP/s from the makers' data sheets, by a word of torch.cuda.get_device_name();
-# MFU divides by these where known, as nanoGPT does with the A100's 312e12, so that figures compare across projects
-PUBLISHED_BF16_PEAKS = [("H200", 989e12), ("H100 PCIe", 756e12), ("H100 NVL", 835e12), ("H100", 989e12),
-                        ("A100", 312e12)]
-
-
-def peak_flops(device, dtype):
-    """(FLOP/s, where it comes from) that MFU is measured against: a CUDA GPU's published bfloat16 peak where
-    PUBLISHED_BF16_PEAKS knows it and the run is in bfloat16, else a matmul timed here (measure_peak_flops)."""
-    if torch.device(device).type == "cuda" and dtype == torch.bfloat16:
-        name = torch.cuda.get_device_name(device)
-        for word, flops in PUBLISHED_BF16_PEAKS:
-            if word in name:
-                return flops, f"the published bfloat16 peak of the {word}"
-    return measure_peak_flops(device, dtype), "a matmul timed on this device"
-
-
 def measure_peak_flops(device="cpu", dtype=torch.float32):
     """FLOP/s of large square matmuls on device in dtype (median of five, after one to warm up): the ceiling
     that MFU is measured against where no published peak is known. Takes well under a second; on a GPU, switch
@@ -153,6 +136,23 @@ def measure_peak_flops(device="cpu", dtype=torch.float32):
             sync()  # GPU work is asynchronous: wait for it before reading the clock
         times.append(time.perf_counter() - t0)
     return 2 * n ** 3 / sorted(times[1:])[2]
+
+
+# dense bfloat16 tensor-core FLOP/s from the makers' data sheets, by a word of torch.cuda.get_device_name();
+# MFU divides by these where known, as nanoGPT does with the A100's 312e12, so that figures compare across projects
+PUBLISHED_BF16_PEAKS = [("H200", 989e12), ("H100 PCIe", 756e12), ("H100 NVL", 835e12), ("H100", 989e12),
+                        ("A100", 312e12)]
+
+
+def peak_flops(device, dtype):
+    """(FLOP/s, where it comes from) that MFU is measured against: a CUDA GPU's published bfloat16 peak where
+    PUBLISHED_BF16_PEAKS knows it and the run is in bfloat16, else a matmul timed here (measure_peak_flops)."""
+    if torch.device(device).type == "cuda" and dtype == torch.bfloat16:
+        name = torch.cuda.get_device_name(device)
+        for word, flops in PUBLISHED_BF16_PEAKS:
+            if word in name:
+                return flops, f"the published bfloat16 peak of the {word}"
+    return measure_peak_flops(device, dtype), "a matmul timed on this device"
 
 
 # -----------------------------------------------------------------------------
@@ -175,14 +175,16 @@ def save_checkpoint(checkpoint, path):
 
 
 def load_checkpoint(path, map_location="cpu"):
-    """Load a checkpoint saved by save_checkpoint. weights_only=True unpickles only tensors and plain
-    containers, numbers and strings, so a checkpoint from elsewhere cannot run code on load."""
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"no checkpoint at {path}; train one with `python pretrain.py`.")
+    """Load a checkpoint saved by save_checkpoint, or stop in one sentence if it is missing or unreadable.
+    weights_only=True unpickles only tensors and plain containers, numbers and strings, so a checkpoint from
+    elsewhere cannot run code on load."""
+    if not os.path.isfile(path):
+        raise SystemExit(f"no checkpoint at {path}; train one with `python pretrain.py config/small.py` or name "
+                         f"a run that has one")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # torch reports a cut-off or foreign file in many ways; say which file it was
-        raise ValueError(f"{path} cannot be read as a checkpoint ({type(e).__name__}): it is cut off, or not a "
+        raise SystemExit(f"{path} cannot be read as a checkpoint ({type(e).__name__}): it is cut off, or not a "
                          f"checkpoint saved by this code") from None
 
 
@@ -197,11 +199,16 @@ def load_optimizer_states(optimizers, states):
             group.update(setting)
 
 
-def step_optimizers(model, optimizers, grad_clip):
-    """Clip the gradients' norm to grad_clip (0 does not clip), take every optimizer's step and clear the gradients."""
+def step_optimizers(model, optimizers, grad_clip, lr_scale, muon_momentum=None):
+    """Clip the gradients' norm to grad_clip (0 does not clip), take every optimizer's step at lr_scale times each
+    group's peak_lr (and, given muon_momentum, at that momentum for Muon's groups) and clear the gradients."""
     if grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     for opt in optimizers:
+        for group in opt.param_groups:
+            group["lr"] = group["peak_lr"] * lr_scale
+            if muon_momentum is not None and isinstance(opt, torch.optim.Muon):
+                group["momentum"] = muon_momentum
         opt.step()
         opt.zero_grad(set_to_none=True)
 

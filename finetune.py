@@ -114,28 +114,22 @@ def read_rows(path):
     return df
 
 
-def row_list(index, limit=5):
-    """CSV row numbers of read_rows' index labels, as a spreadsheet shows them (the header is row 1)."""
-    rows = [str(i + 2) for i in index[:limit]]
-    return ", ".join(rows) + (", ..." if len(index) > limit else "")
-
-
 def clean_rows(df, path, skip_bad_rows=False):
     """Return the rows with integer ratings 1-5 and non-empty texts; stop on bad rows unless skip_bad_rows."""
     rating = pd.to_numeric(df["rating"], errors="coerce")
     bad_rating = ~(rating.isin([1, 2, 3, 4, 5]))  # NaN, 0, 6 and 4.5 all fail; '5.0' is fine
     empty = (df["prompt"] == "") | (df["response"] == "")
-    problems = [(bad_rating, "a rating that is not a whole number from 1 to 5"),
-                (empty & ~bad_rating, "an empty prompt or response")]
-    for mask, what in problems:
+    # the rows' numbers as a spreadsheet shows them: the header is row 1
+    rows = lambda mask: ", ".join(str(i + 2) for i in df.index[mask][:5]) + (", ..." if mask.sum() > 5 else "")
+    for mask, what in [(bad_rating, "a rating that is not a whole number from 1 to 5"),
+                       (empty & ~bad_rating, "an empty prompt or response")]:
         if mask.any() and not skip_bad_rows:
             raise SystemExit(f"{path}: {mask.sum()} row{'s have' if mask.sum() > 1 else ' has'} {what} (row "
-                             f"{row_list(df.index[mask])}; the header is row 1); fix them or set skip_bad_rows=True "
-                             f"to skip them")
+                             f"{rows(mask)}; the header is row 1); fix them or set skip_bad_rows=True to skip them")
     bad = bad_rating | empty
     if bad.any():
         print(f"skipped {bad.sum()} of {len(df)} rows of {path} with a bad rating or an empty prompt or "
-              f"response (rows {row_list(df.index[bad])})")
+              f"response (rows {rows(bad)})")
     df = df[~bad].copy()
     df["rating"] = rating[~bad].astype(int)
     return df.reset_index(drop=True)
@@ -192,9 +186,9 @@ def encode_row(tokenizer, prompt, response, rating, condition, weight=1.0, desir
 
 
 def join(prefix, prompt_ids, reply, max_seq_len):
-    """(x, y, n_prompt_tokens_cut) of one example, or None if the reply does not fit beside one prompt token.
-    x = prefix + prompt + [<|response|>] + response; y is x shifted left by one, -1 (ignored) wherever the next
-    token is not the response's or the end token. A prompt too long is cut from the left (its end matters most)."""
+    """(x, y, prompt tokens cut) of one example, or None if the reply leaves no room for a prompt token. x is prefix,
+    prompt, reply less its end token; y is x shifted left, -1 (ignored) until the response's tokens and the end token.
+    A prompt too long is cut from the left (its end matters most)."""
     room = max_seq_len + 1 - len(prefix) - len(reply)  # x is one shorter than the full sequence
     if room < 1:
         return None
@@ -447,21 +441,16 @@ def training_rows(df, rating_mode, min_rating):
 # -----------------------------------------------------------------------------
 # evaluation, the loop's schedule, and what the model writes to held-out prompts
 
-def preference_score(scored):
-    """scored: (prompt, rating, mean log-prob per token) triples. Over prompts with differently rated responses,
-    the fraction of (higher, lower)-rated pairs where the higher-rated one scores higher (a tie counts half), None
-    when there are no such pairs; and the same fraction for each pair of ratings, as {'5>4': ..., '2>1': ...}."""
-    by_prompt = {}
-    for prompt, rating, score in scored:
-        by_prompt.setdefault(prompt, []).append((rating, score))
+def preference_score(examples, scores):
+    """Of the pairs of differently rated answers to one prompt (preference_pairs), the fraction whose higher-rated
+    answer has the higher score (a tie counts half; None without pairs), and that fraction for each pair of ratings
+    as {'5>4': ..., '2>1': ...}. scores: one number per example."""
+    score = {id(e): s for e, s in zip(examples, scores)}
     tally = {}  # 'higher>lower' -> [wins, pairs]
-    for answers in by_prompt.values():
-        for rating_a, score_a in answers:
-            for rating_b, score_b in answers:
-                if rating_a > rating_b:
-                    counts = tally.setdefault(f"{rating_a}>{rating_b}", [0.0, 0])
-                    counts[0] += 1.0 if score_a > score_b else 0.5 if score_a == score_b else 0.0
-                    counts[1] += 1
+    for a, b in preference_pairs(examples)[0]:
+        counts = tally.setdefault(f"{a.rating}>{b.rating}", [0.0, 0])
+        counts[0] += 1.0 if score[id(a)] > score[id(b)] else 0.5 if score[id(a)] == score[id(b)] else 0.0
+        counts[1] += 1
     wins, pairs = sum(w for w, _ in tally.values()), sum(n for _, n in tally.values())
     return (wins / pairs if pairs else None), {k: w / n for k, (w, n) in sorted(tally.items(), reverse=True)}
 
@@ -482,8 +471,7 @@ def evaluate(model, examples, run, batch_size):
     for r in range(1, 6):
         rows = [i for i, e in enumerate(examples) if e.rating == r]
         result[f"loss_r{r}"] = -sum(logprobs[i] for i in rows) / sum(counts[i] for i in rows) if rows else None
-    result["pref"], result["pref_by_pair"] = preference_score(
-        [(e.prompt, e.rating, lp / n) for e, lp, n in zip(examples, logprobs, counts)])
+    result["pref"], result["pref_by_pair"] = preference_score(examples, [lp / n for lp, n in zip(logprobs, counts)])
     return result
 
 
@@ -592,10 +580,7 @@ if __name__ == "__main__":
         raise SystemExit(f"init_from='resume' but there is no {checkpoint_path}; start from a pretrained run "
                          f"with init_from=out")
     start_path = checkpoint_path if init_from == "resume" else resolve_init(init_from, out_dir)
-    try:
-        checkpoint = load_checkpoint(start_path)  # on the CPU: weights and optimizer states go where they train
-    except ValueError as e:  # a cut-off or foreign file
-        raise SystemExit(str(e))
+    checkpoint = load_checkpoint(start_path)  # on the CPU: weights and optimizer states go where they train
     if init_from == "resume":
         if checkpoint.get("kind") != "finetune" or checkpoint["rating_mode"] != rating_mode:
             raise SystemExit(f"{checkpoint_path} is not a fine-tuning run with rating_mode='{rating_mode}'; resume "
@@ -619,10 +604,7 @@ if __name__ == "__main__":
     if absent := [t for t in needed if t not in special]:
         raise SystemExit(f"the tokenizer {tokenizer_path} has no special token {', '.join(absent)}; pretrain with "
                          f"this version of pretrain.py, which reserves them")
-    model_config = GPTConfig(**{**checkpoint["model_config"], "dropout": dropout})
-    if model_config.vocab_size != tokenizer.vocab_size:
-        raise SystemExit(f"{tokenizer_path} has {tokenizer.vocab_size} tokens but the checkpoint's vocab_size is "
-                         f"{model_config.vocab_size}; restore the run's own tokenizer")
+    model_config = GPTConfig(**{**checkpoint["model_config"], "dropout": dropout})  # the tokenizer's vocab_size
     max_seq_len = model_config.max_seq_len
     template = {"prompt": PROMPT, "response": RESPONSE, "end": END,
                 "rating_token": rating_token(5) if rating_mode == "condition" else None}
@@ -726,10 +708,6 @@ if __name__ == "__main__":
         if iter_num >= total_iters or stopping:
             break
 
-        scale = lr_scale(iter_num, total_iters)
-        for opt in optimizers:
-            for group in opt.param_groups:
-                group["lr"] = group["peak_lr"] * scale
         batch = [train_items[i] for i in batch_indices(iter_num, len(train_items), batch_size, seed)]
         loss, logged = batch_loss(model, reference, batch, iter_num, run)
         for name in rewards.keys() & logged.keys():
@@ -737,7 +715,8 @@ if __name__ == "__main__":
         if not math.isfinite(loss.item()):
             raise non_finite_stop("loss", loss.item(), iter_num, checkpoint_path, last_saved_iter)
         loss.backward()
-        step_optimizers(model, optimizers, grad_clip)
+        scale = lr_scale(iter_num, total_iters)
+        step_optimizers(model, optimizers, grad_clip, scale)
         iter_num += 1
         train_loss = loss.item() if train_loss is None else 0.9 * train_loss + 0.1 * loss.item()
         progress.update(1)

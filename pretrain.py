@@ -257,10 +257,7 @@ if __name__ == "__main__":
     if init_from == "resume":
         if not os.path.exists(checkpoint_path):
             raise SystemExit(f"init_from='resume' but there is no {checkpoint_path}; start with init_from='scratch'")
-        try:
-            checkpoint = load_checkpoint(checkpoint_path, map_location=run_device)
-        except ValueError as e:  # a cut-off or foreign file
-            raise SystemExit(str(e))
+        checkpoint = load_checkpoint(checkpoint_path, map_location=run_device)
         if checkpoint.get("kind") != "pretrain":
             raise SystemExit(f"{checkpoint_path} is a {checkpoint.get('kind', 'foreign')} checkpoint, not pretrain.py's; "
                              f"resume a fine-tuning run with finetune.py --init_from=resume")
@@ -370,12 +367,6 @@ if __name__ == "__main__":
             break
 
         t0 = time.time()
-        scale = lr_scale(iter_num, max_iters)
-        for opt in optimizers:
-            for group in opt.param_groups:
-                group["lr"] = group["peak_lr"] * scale
-                if isinstance(opt, torch.optim.Muon):
-                    group["momentum"] = muon_momentum_at(iter_num)
         step_loss = torch.zeros((), device=run_device)  # summed on the device: one sync per step, not per micro-step
         for micro_step in range(accum_per_rank):
             x, y = get_batch(ids_paths["train"], ids_dtype, data_generator, run_device)
@@ -388,7 +379,8 @@ if __name__ == "__main__":
         step_loss = step_loss.item()
         if not math.isfinite(step_loss):
             raise non_finite_stop("loss", step_loss, iter_num, checkpoint_path, last_saved_iter)
-        step_optimizers(model, optimizers, grad_clip)
+        scale = lr_scale(iter_num, max_iters)
+        step_optimizers(model, optimizers, grad_clip, scale, muon_momentum_at(iter_num))
         iter_num += 1
 
         step_time = 0.9 * step_time + 0.1 * (time.time() - t0) if iter_num - start_iter > 1 else time.time() - t0

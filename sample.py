@@ -34,13 +34,7 @@ device = "auto"
 def load_run(run_dir, run_device):
     """Return (model, tokenizer, checkpoint) of a pretrain.py or finetune.py run, refusing a mismatched tokenizer."""
     checkpoint_path = os.path.join(run_dir, "ckpt.pt")
-    if not os.path.exists(checkpoint_path):
-        raise SystemExit(f"no checkpoint at {checkpoint_path}; train one with `python pretrain.py config/small.py` "
-                         f"or point --out_dir at a run")
-    try:
-        checkpoint = load_checkpoint(checkpoint_path)  # on the CPU: only the weights go to run_device
-    except ValueError as e:  # a cut-off or foreign file
-        raise SystemExit(str(e))
+    checkpoint = load_checkpoint(checkpoint_path)  # on the CPU: only the weights go to run_device
     tokenizer = Tokenizer.load(checked_tokenizer_path(checkpoint, checkpoint_path))
     model = GPT(GPTConfig(**checkpoint["model_config"]))
     model.load_state_dict(checkpoint["model"])

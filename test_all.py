@@ -2123,11 +2123,13 @@ def test_finetune_preference_score_counts_higher_rated_pairs():
     scored = [("p", 5, -1.0), ("p", 3, -2.0), ("p", 1, -0.5),  # 5>3 right, 5>1 wrong, 3>1 wrong
               ("q", 4, -1.0), ("q", 2, -1.0),                   # a tie counts half
               ("r", 5, -3.0)]                                   # one response: no pair
-    score, by_pair = finetune.preference_score(scored)
+    examples = [finetune.Example([], [], [], rating, prompt) for prompt, rating, _ in scored]
+    scores = [score for _, _, score in scored]
+    score, by_pair = finetune.preference_score(examples, scores)
     assert score == pytest.approx((1 + 0 + 0 + 0.5) / 4)
     assert by_pair == {"5>3": 1.0, "5>1": 0.0, "4>2": 0.5, "3>1": 0.0}
     assert list(by_pair) == ["5>3", "5>1", "4>2", "3>1"]  # the order log.csv lists them in
-    assert finetune.preference_score([("r", 5, -3.0)]) == (None, {})
+    assert finetune.preference_score(examples[-1:], scores[-1:]) == (None, {})
 
 
 # ---- batches, log-probabilities, a few steps by hand ---------------------------------------------
@@ -3196,12 +3198,12 @@ def test_common_load_cut_off_checkpoint_is_one_sentence_naming_it(tmp_path):
     path = tmp_path / "ckpt.pt"
     save_checkpoint({"model": tiny_model().state_dict()}, path)
     path.write_bytes(path.read_bytes()[:1000])
-    with pytest.raises(ValueError, match=r"ckpt\.pt cannot be read as a checkpoint .*cut off"):
+    with pytest.raises(SystemExit, match=r"ckpt\.pt cannot be read as a checkpoint .*cut off"):
         load_checkpoint(path)
 
 
 def test_common_load_missing_checkpoint_says_how_to_make_one(tmp_path):
-    with pytest.raises(FileNotFoundError, match="pretrain.py"):
+    with pytest.raises(SystemExit, match="no checkpoint at .*pretrain.py"):
         load_checkpoint(os.path.join(tmp_path, "nothing.pt"))
 
 
