@@ -1,7 +1,7 @@
 """
 A GPT language model, all of it in this one file, meant to be read from top to bottom:
 GPTConfig -> TokenEmbedding -> SinusoidalPositions -> LayerNorm -> CausalSelfAttention -> MLP -> Block ->
-HeadLoss -> GPT, then sampling one token, and last walk_through: `python model.py` takes a few bytes through
+HeadLoss -> sampling one token -> GPT, and last walk_through: `python model.py` takes a few bytes through
 every component above and prints what each does. It imports only torch and the standard library; what the scripts
 need around the model (device, dtype, checkpoints) is in common.py.
 
@@ -244,6 +244,26 @@ class HeadLoss(torch.autograd.Function):
         return grad_x * grad_loss, grad_weight * grad_loss, None, None
 
 
+def sample_next_token(logits, temperature=1.0, top_k=None, top_p=None):
+    """Draw one token id per row from logits (B, V) -> (B, 1). temperature 0 takes the most likely token;
+    top_k keeps the k most likely (k is clamped to V); top_p keeps the smallest set of most likely tokens
+    whose probabilities add up to at least top_p (the nucleus)."""
+    if temperature == 0:
+        return logits.argmax(dim=-1, keepdim=True)
+    # the largest logit becomes 0 first, so that a tiny temperature gives -inf (never inf - inf = nan) elsewhere
+    logits = (logits - logits.max(dim=-1, keepdim=True).values) / temperature
+    if top_k is not None and top_k < logits.size(-1):
+        values, indices = torch.topk(logits, top_k, dim=-1)  # exactly k, even where logits tie
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, indices, values)
+    probs = F.softmax(logits, dim=-1)
+    if top_p is not None and top_p < 1.0:
+        sorted_probs, order = probs.sort(dim=-1, descending=True)
+        # drop a token when the more likely tokens before it already reach top_p; the first one always stays
+        drop = sorted_probs.cumsum(dim=-1) - sorted_probs >= top_p
+        probs = probs.scatter(-1, order, sorted_probs.masked_fill(drop, 0.0))
+    return torch.multinomial(probs, num_samples=1)
+
+
 class GPT(nn.Module):
     """Token embedding + positions -> n_layers Blocks -> final LayerNorm -> logits over the vocabulary."""
 
@@ -391,26 +411,6 @@ class GPT(nn.Module):
             for group in opt.param_groups:
                 group["peak_lr"] = group["lr"]
         return optimizers
-
-
-def sample_next_token(logits, temperature=1.0, top_k=None, top_p=None):
-    """Draw one token id per row from logits (B, V) -> (B, 1). temperature 0 takes the most likely token;
-    top_k keeps the k most likely (k is clamped to V); top_p keeps the smallest set of most likely tokens
-    whose probabilities add up to at least top_p (the nucleus)."""
-    if temperature == 0:
-        return logits.argmax(dim=-1, keepdim=True)
-    # the largest logit becomes 0 first, so that a tiny temperature gives -inf (never inf - inf = nan) elsewhere
-    logits = (logits - logits.max(dim=-1, keepdim=True).values) / temperature
-    if top_k is not None and top_k < logits.size(-1):
-        values, indices = torch.topk(logits, top_k, dim=-1)  # exactly k, even where logits tie
-        logits = torch.full_like(logits, float("-inf")).scatter(-1, indices, values)
-    probs = F.softmax(logits, dim=-1)
-    if top_p is not None and top_p < 1.0:
-        sorted_probs, order = probs.sort(dim=-1, descending=True)
-        # drop a token when the more likely tokens before it already reach top_p; the first one always stays
-        drop = sorted_probs.cumsum(dim=-1) - sorted_probs >= top_p
-        probs = probs.scatter(-1, order, sorted_probs.masked_fill(drop, 0.0))
-    return torch.multinomial(probs, num_samples=1)
 
 
 def walk_through(config, text):
