@@ -53,9 +53,10 @@ import torch
 import torch.nn.functional as F
 
 from bpe import Tokenizer
-from common import (END, autocast_for, keep_freed_memory, load_checkpoint, measure_peak_flops, pick_dtype,
+from common import (autocast_for, keep_freed_memory, load_checkpoint, measure_peak_flops, pick_dtype,
                     pick_optimizer, score_every_token)
 from model import GPT, GPTConfig
+from prepare import END
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DATA = os.path.join(HERE, "data", "tinyshakespeare.txt")

@@ -17,10 +17,6 @@ from contextlib import nullcontext
 import torch
 from torch.nn import functional as F
 
-# the special tokens every tokenizer reserves: documents end with the first, fine-tuning's template uses the rest
-PROMPT, RESPONSE, END = "<|prompt|>", "<|response|>", "<|endoftext|>"
-SPECIAL_TOKENS = [END, PROMPT, RESPONSE] + [f"<|rating_{r}|>" for r in range(1, 6)]
-
 
 # -----------------------------------------------------------------------------
 # settings, device, dtype, optimizer

@@ -24,8 +24,8 @@ import unicodedata
 import torch
 
 from bpe import SPLIT_PATTERN
-from common import END
 from configurator import configure
+from prepare import END
 from sample import load_run
 
 # -----------------------------------------------------------------------------

@@ -28,10 +28,11 @@ from tqdm import tqdm
 
 from bpe import Tokenizer
 from configurator import configure
-from common import (END, PROMPT, RESPONSE, answer_ids, append_log, check_settings, checked_tokenizer_path,
+from common import (answer_ids, append_log, check_settings, checked_tokenizer_path,
                     copy_tokenizer, file_sha256, keep_freed_memory, load_checkpoint, non_finite_stop, restore_rng_state,
                     resume_optimizers, rng_state, save_checkpoint, setup_device, step_optimizers, stop_on_ctrl_c)
 from model import GPT, GPTConfig
+from prepare import END, PROMPT, RESPONSE
 from sandbox import defines_function, run_checks
 
 # -----------------------------------------------------------------------------

@@ -27,7 +27,6 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 from bpe import Tokenizer, decode_utf8
-from common import END, SPECIAL_TOKENS
 from configurator import configure
 
 # -----------------------------------------------------------------------------
@@ -42,6 +41,10 @@ skip_bad_files = False  # True: leave out files that are not UTF-8 text, naming 
 tokenizer_max_bytes = 2_000_000_000  # the tokenizer learns from at most about this much of the training text
 # -----------------------------------------------------------------------------
 
+# the special tokens every tokenizer reserves, named here for all the scripts: documents end with the first,
+# fine-tuning's template uses the rest
+PROMPT, RESPONSE, END = "<|prompt|>", "<|response|>", "<|endoftext|>"
+SPECIAL_TOKENS = [END, PROMPT, RESPONSE] + [f"<|rating_{r}|>" for r in range(1, 6)]
 HASH_PIECE = 16 << 20  # files are checked and hashed in pieces of this many bytes, a thread each
 LAUNCH_VARIABLES = ("TORCHELASTIC_RUN_ID", "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RESTART_COUNT")  # of a torchrun
 

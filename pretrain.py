@@ -25,11 +25,11 @@ from tqdm import tqdm
 
 from bpe import Tokenizer
 from configurator import configure
-from common import (END, append_log, check_settings, copy_tokenizer, keep_freed_memory, load_checkpoint,
+from common import (append_log, check_settings, copy_tokenizer, keep_freed_memory, load_checkpoint,
                     non_finite_stop, peak_flops, restore_rng_state, resume_optimizers, rng_state, save_checkpoint,
                     score_every_token, setup_device, step_optimizers, stop_on_ctrl_c)
 from model import GPT, GPTConfig
-from prepare import check_data_settings, prepare_once
+from prepare import END, check_data_settings, prepare_once
 
 # -----------------------------------------------------------------------------
 # settings: override with config files (config/*.py, config.json) and --name=value

@@ -13,8 +13,9 @@ import torch
 
 from bpe import Tokenizer
 from configurator import configure
-from common import END, answer_ids, checked_tokenizer_path, load_checkpoint, pick_device
+from common import answer_ids, checked_tokenizer_path, load_checkpoint, pick_device
 from model import GPT, GPTConfig
+from prepare import END
 
 # -----------------------------------------------------------------------------
 out_dir = "out"  # the run to sample from (pretrain.py's or finetune.py's out_dir)

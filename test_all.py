@@ -119,6 +119,17 @@ def read_log(out_dir):
         return list(csv.DictReader(f))
 
 
+def libraries_loaded_alone(tmp_path, module, files):
+    """Copy files of this repository alone into tmp_path, import module there in a fresh Python (an import error fails
+    the test) and return which of the run-time libraries (torch, numpy, pandas, tqdm) that loaded."""
+    for name in files:
+        shutil.copy(os.path.join(REPO, name), tmp_path / name)
+    code = f"import sys, {module}; print(sorted({{'torch', 'numpy', 'pandas', 'tqdm'}} & set(sys.modules)))"
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return eval(result.stdout)
+
+
 def load_model(path):
     """(the GPT that the checkpoint at path holds, in eval mode, the checkpoint); strict: every key must fit."""
     checkpoint = load_checkpoint(path)
@@ -592,6 +603,10 @@ def test_model_sample_next_token_top_p_keeps_only_the_nucleus():
 
 
 # ---- the walk-through ----------------------------------------------------------------------------
+
+def test_model_copied_alone_imports_with_torch_and_the_standard_library_only(tmp_path):
+    assert libraries_loaded_alone(tmp_path, "model", ["model.py"]) == libraries_loaded_alone(tmp_path, "torch", [])
+
 
 def test_model_walk_through_prints_the_models_own_numbers():
     out = run_script("model.py", timeout=60).stdout
@@ -1199,6 +1214,10 @@ def test_bpe_command_line_mistakes_are_one_sentence_before_any_training(tmp_path
     assert text.read_text() == "hello world\n" and sorted(os.listdir(tmp_path)) == ["text.txt"]  # nothing written
 
 
+def test_bpe_copied_alone_imports_with_the_standard_library_only(tmp_path):
+    assert libraries_loaded_alone(tmp_path, "bpe", ["bpe.py"]) == []
+
+
 # ====================================================================================================
 # prepare.py: text to token ids on disk
 # ====================================================================================================
@@ -1216,6 +1235,10 @@ def test_prepare_settings_are_pretrains_data_settings_with_its_defaults():
     for name in ("data_path", "cache_dir", "vocab_size", "val_fraction", "data_extensions", "skip_bad_files",
                  "tokenizer_max_bytes"):
         assert getattr(prepare, name) == getattr(pretrain, name), name
+
+
+def test_prepare_runs_beside_bpe_and_configurator_without_torch(tmp_path):
+    assert libraries_loaded_alone(tmp_path, "prepare", ["prepare.py", "bpe.py", "configurator.py"]) == []
 
 
 @pytest.mark.parametrize("separator", ["\n", "<|endoftext|>", " "], ids=["newline", "end-token", "space"])
@@ -2491,6 +2514,10 @@ def test_finetune_condition_evaluation_scores_every_held_out_answer_under_the_to
 # ====================================================================================================
 # sandbox.py: running model-written code and judging it
 # ====================================================================================================
+
+def test_sandbox_copied_alone_imports_with_the_standard_library_only(tmp_path):
+    assert libraries_loaded_alone(tmp_path, "sandbox", ["sandbox.py"]) == []
+
 
 def test_sandbox_parse_rate_counts_answers_that_parse_and_define_a_function():
     assert sandbox.defines_function("def f(x):\n    return x")
