@@ -187,9 +187,9 @@ def encode_row(tokenizer, prompt, response, rating, condition, weight=1.0, desir
 
 
 def join(prefix, prompt_ids, reply, max_seq_len):
-    """(x, y, prompt tokens cut) of one example, or None if the reply leaves no room for a prompt token. x is prefix,
-    prompt, reply less its end token; y is x shifted left, -1 (ignored) until the response's tokens and the end token.
-    A prompt too long is cut from the left (its end matters most)."""
+    """(x, y, n_prompt_tokens_cut) of one example, or None if the reply does not fit beside one prompt token.
+    x = prefix + prompt + [<|response|>] + response; y is x shifted left by one, -1 (ignored) wherever the next
+    token is not the response's or the end token. A prompt too long is cut from the left (its end matters most)."""
     room = max_seq_len + 1 - len(prefix) - len(reply)  # x is one shorter than the full sequence
     if room < 1:
         return None
@@ -605,7 +605,8 @@ if __name__ == "__main__":
     if absent := [t for t in needed if t not in special]:
         raise SystemExit(f"the tokenizer {tokenizer_path} has no special token {', '.join(absent)}; pretrain with "
                          f"this version of pretrain.py, which reserves them")
-    model_config = GPTConfig(**{**checkpoint["model_config"], "dropout": dropout})  # the tokenizer's vocab_size
+    # its vocab_size is the tokenizer's, as the tokenizer is the file the run trained with (checked_tokenizer_path)
+    model_config = GPTConfig(**{**checkpoint["model_config"], "dropout": dropout})
     max_seq_len = model_config.max_seq_len
     template = {"prompt": PROMPT, "response": RESPONSE, "end": END,
                 "rating_token": rating_token(5) if rating_mode == "condition" else None}
